@@ -215,7 +215,7 @@ Qdisc_dealloc(QdiscObject *self)
     Py_DECREF(tp);
 }
 
-PyDoc_STRVAR(attach_doc, "attach(replace)\n--\n\n"
+PyDoc_STRVAR(attach_doc, "attach($self, replace, /)\n--\n\n"
 "Create the plug qdisc, or adopt ours already there (pq_attach); then release it.");
 static PyObject *
 Qdisc_attach(QdiscObject *self, PyObject *arg)
@@ -229,7 +229,7 @@ Qdisc_attach(QdiscObject *self, PyObject *arg)
 }
 
 #define SIMPLE_METHOD(name, call, doc)                                \
-    PyDoc_STRVAR(name##_doc, #name "()\n--\n\n" doc);                 \
+    PyDoc_STRVAR(name##_doc, #name "($self, /)\n--\n\n" doc);          \
     static PyObject *Qdisc_##name(QdiscObject *self, PyObject *unused) \
     {                                                                 \
         (void)unused;                                                 \
@@ -244,7 +244,7 @@ SIMPLE_METHOD(release_one, pq_release_one,
 SIMPLE_METHOD(release_indefinite, pq_release_indefinite,
               "Release everything and pass traffic (TCQ_PLUG_RELEASE_INDEFINITE).")
 
-PyDoc_STRVAR(set_limit_doc, "set_limit(nbytes)\n--\n\nSet the limit in bytes (TCQ_PLUG_LIMIT).");
+PyDoc_STRVAR(set_limit_doc, "set_limit($self, nbytes, /)\n--\n\nSet the limit in bytes (TCQ_PLUG_LIMIT).");
 static PyObject *
 Qdisc_set_limit(QdiscObject *self, PyObject *arg)
 {
@@ -256,7 +256,7 @@ Qdisc_set_limit(QdiscObject *self, PyObject *arg)
     return result(self, rc, "pq_set_limit");
 }
 
-PyDoc_STRVAR(stats_doc, "stats()\n--\n\n"
+PyDoc_STRVAR(stats_doc, "stats($self, /)\n--\n\n"
 "(packets, bytes, qlen, backlog, drops, overlimits, requeues) from one RTM_GETQDISC.");
 static PyObject *
 Qdisc_stats(QdiscObject *self, PyObject *unused)
@@ -273,7 +273,7 @@ Qdisc_stats(QdiscObject *self, PyObject *unused)
                          (unsigned long long)st.overlimits, (unsigned long long)st.requeues);
 }
 
-PyDoc_STRVAR(detach_doc, "detach(timeout_ms)\n--\n\n"
+PyDoc_STRVAR(detach_doc, "detach($self, timeout_ms, /)\n--\n\n"
 "Release, wait up to timeout_ms for the backlog to drain, delete (pq_detach).");
 static PyObject *
 Qdisc_detach(QdiscObject *self, PyObject *arg)
@@ -289,7 +289,7 @@ Qdisc_detach(QdiscObject *self, PyObject *arg)
     return result(self, rc, "pq_detach");
 }
 
-PyDoc_STRVAR(close_doc, "close()\n--\n\n"
+PyDoc_STRVAR(close_doc, "close($self, /)\n--\n\n"
 "Free the handle and its socket; the qdisc stays as it is. Idempotent.");
 static PyObject *
 Qdisc_close(QdiscObject *self, PyObject *unused)
@@ -406,7 +406,7 @@ static PyType_Spec Qdisc_spec = {
 
 /* ---- module functions ---- */
 
-PyDoc_STRVAR(parse_handle_doc, "parse_handle(text)\n--\n\n"
+PyDoc_STRVAR(parse_handle_doc, "parse_handle(text, /)\n--\n\n"
 "'root', 'none', 'MAJ:' or 'MAJ:MIN' (hex) -> 32-bit tc handle; ValueError otherwise.");
 static PyObject *
 parse_handle(PyObject *module, PyObject *arg)
@@ -444,7 +444,7 @@ parse_handle(PyObject *module, PyObject *arg)
         Py_END_ALLOW_THREADS                                                       \
     } while (0)
 
-PyDoc_STRVAR(plug_qdisc_attach_doc, "plug_qdisc_attach(device, parent, id, limit)\n--\n\n"
+PyDoc_STRVAR(plug_qdisc_attach_doc, "plug_qdisc_attach(device, parent, id, limit, /)\n--\n\n"
 "The HAProxy helper's plug_qdisc_attach() on the process-wide default handle.");
 static PyObject *
 py_plug_qdisc_attach(PyObject *module, PyObject *args)

@@ -335,7 +335,7 @@ class PlugQdisc:
             if st.qlen >= packets:
                 return st
             if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(_errno.ETIMEDOUT, "%d of %d packets held on %s after %g s"
+                raise TimeoutError(_errno.ETIMEDOUT, "%d of %d packets held on %s after %s s"
                                    % (st.qlen, packets, self._where, timeout))
             time.sleep(pause)
             pause = min(pause * 2, 0.02)

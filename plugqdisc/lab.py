@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import IO, Iterable, Mapping, Optional, Sequence, Union
+from typing import IO, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 __all__ = ["run", "LabError", "DEFAULT_KERNEL", "MODULES", "TIMEOUT_STATUS"]
 
@@ -113,12 +113,14 @@ def _guest_script(
         "ip link set lo up || fail 'cannot bring lo up'",
         "cd -- %s || fail 'cannot enter the working directory %s'" % (q(cwd), q(cwd).replace("'", "")),
         # CMD is not PID 1: it gets ordinary signal handling, and we collect its status.
-        "env -i %s %s </dev/null >/dev/ttyS0 2>/dev/ttyS1"
-        % (" ".join(q("%s=%s" % kv) for kv in env.items()), " ".join(q(a) for a in cmd)),
-        "st=$?",
+        # Its stdout and stderr are pipes (as under subprocess on the host, not a tty),
+        # each copied by cat to its serial line: stdout through fd 5, stderr through fd 1.
+        "( ( env -i %s %s </dev/null 2>&1 1>&5 5>&-; echo $? >%s ) | cat >/dev/ttyS1 5>&- ) "
+        "5>&1 | cat >/dev/ttyS0"
+        % (" ".join(q("%s=%s" % kv) for kv in env.items()), " ".join(q(a) for a in cmd),
+           status),
         # stty waits (TCSADRAIN) until all output has left for the host before we power off.
         "stty -F /dev/ttyS0 raw; stty -F /dev/ttyS1 raw",
-        "echo $st >%s" % status,
         "sync",
         "poweroff -f",
         "echo o >/proc/sysrq-trigger",
@@ -132,7 +134,7 @@ def _set_pdeathsig() -> None:  # runs in the forked child, before exec
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: "subprocess.Popen[bytes]") -> None:
     """Kill UML and every helper it forked (they share its process group), and wait
     until the group is empty, so that no process outlives the lab."""
     try:
@@ -152,8 +154,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
 class _Sink:
     """Where one of CMD's streams goes: a binary file, a text file, and/or a buffer."""
 
-    def __init__(self, dest: Optional[IO], capture: bool) -> None:
-        self.parts: Optional[list] = [] if capture else None
+    def __init__(self, dest: Optional[IO[Any]], capture: bool) -> None:
+        self.parts: Optional[List[bytes]] = [] if capture else None
         self.dest = dest
         self.binary = getattr(dest, "buffer", None) if dest is not None else None
         if dest is not None and self.binary is None and "b" in getattr(dest, "mode", ""):
@@ -188,7 +190,7 @@ def _find_kernel(kernel: Optional[str]) -> str:
     return path
 
 
-def _check_command(cmd: Sequence[str], env: Mapping[str, str], cwd: str) -> Optional[tuple]:
+def _check_command(cmd: Sequence[str], env: Mapping[str, str], cwd: str) -> Optional[Tuple[int, str]]:
     """The guest sees the host's filesystem, so CMD can be looked up here, before booting."""
     name = cmd[0]
     if "/" in name:
@@ -211,10 +213,10 @@ def run(
     mem: str = "1G",
     timeout: Optional[float] = None,
     capture_output: bool = False,
-    stdout: Optional[IO] = None,
-    stderr: Optional[IO] = None,
+    stdout: Optional[IO[Any]] = None,
+    stderr: Optional[IO[Any]] = None,
     env: Optional[Mapping[str, str]] = None,
-    cwd: Union[str, os.PathLike, None] = None,
+    cwd: Union[str, "os.PathLike[str]", None] = None,
     modules: Iterable[str] = MODULES,
 ) -> "subprocess.CompletedProcess[bytes]":
     """Run CMD as root inside a User-Mode Linux kernel that has sch_plug.
@@ -258,7 +260,9 @@ def run(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _boot(cmd, env, cwd, kernel_path, mem, timeout, modules, workdir, out, err):
+def _boot(cmd: List[str], env: Dict[str, str], cwd: str, kernel_path: str, mem: str,
+          timeout: Optional[float], modules: List[str], workdir: str, out: _Sink,
+          err: _Sink) -> "subprocess.CompletedProcess[bytes]":
     init = os.path.join(workdir, "init")
     with open(init, "w") as f:
         f.write(_guest_script(cmd, env, cwd, workdir, modules))
@@ -312,7 +316,7 @@ def _boot(cmd, env, cwd, kernel_path, mem, timeout, modules, workdir, out, err):
         os.close(out_r)
         os.close(err_r)
     if timed_out:
-        err.write(("plugqdisc.lab: %s did not finish within %g s; the lab was stopped\n"
+        err.write(("plugqdisc.lab: %s did not finish within %s s; the lab was stopped\n"
                    % (cmd[0], timeout)).encode())
         return subprocess.CompletedProcess(cmd, TIMEOUT_STATUS, out.value(), err.value())
     try:
@@ -345,7 +349,7 @@ class _Terminated(BaseException):
     pass
 
 
-def _on_sigterm(signum, frame):
+def _on_sigterm(signum: int, frame: Any) -> None:
     raise _Terminated()
 
 

@@ -1,0 +1,133 @@
+"""Small real-traffic helpers for the kernel tests: sockets on lo, and tc/ip when needed."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+from typing import List, Optional, Tuple
+
+# A UDP datagram of N payload bytes is N + 42 bytes on lo (14 Ethernet + 20 IP + 8 UDP).
+UDP_OVERHEAD = 42
+QUIET = 0.3  # how long "nothing arrives" is waited for
+
+
+def udp_pair() -> Tuple[socket.socket, socket.socket, Tuple[str, int]]:
+    """(receiver bound on 127.0.0.1, sender, receiver's address)."""
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    return rx, tx, rx.getsockname()
+
+
+def send_spread(addr: Tuple[str, int], payloads: List[bytes], per_socket: int = 20) -> None:
+    """Send datagrams in order from several sockets: held packets stay charged to their
+    sender's send buffer, and one socket blocks once about 200 KB of it is held."""
+    socks = []
+    try:
+        for i, d in enumerate(payloads):
+            if i % per_socket == 0:
+                socks.append(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            socks[-1].sendto(d, addr)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def datagrams(n: int, size: int, tag: bytes = b"d") -> List[bytes]:
+    """n distinct payloads of exactly size bytes, numbered so order can be checked."""
+    return [(tag + b"%06d:" % i).ljust(size, b"x") for i in range(n)]
+
+
+def recv_all(sock: socket.socket, n: int, timeout: float = 5.0) -> List[bytes]:
+    sock.settimeout(timeout)
+    return [sock.recv(65536) for _ in range(n)]
+
+
+def nothing_arrives(sock: socket.socket, wait: float = QUIET) -> bool:
+    sock.settimeout(wait)
+    try:
+        sock.recv(65536, socket.MSG_PEEK)
+    except socket.timeout:
+        return True
+    return False
+
+
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # root may go past net.core.[rw]mem_max
+
+
+def tcp_pair(big_buffers: bool = False) -> Tuple[socket.socket, socket.socket]:
+    """(client, server side) of an established TCP connection on lo. big_buffers: 8 MB
+    send and receive buffers, so that the receive window does not cap what is in flight."""
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.bind(("127.0.0.1", 0))
+    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if big_buffers:
+        ls.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
+        c.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 8 << 20)
+    ls.listen(1)
+    c.connect(ls.getsockname())
+    s, _ = ls.accept()
+    ls.close()
+    if big_buffers:
+        # A receiver opens its window as data arrives (from 64 KB): a warm-up of 4 MB
+        # opens it wide before anything is held.
+        warm = 4 << 20
+        Sender(c, bytes(warm)).start()
+        assert len(recv_exactly(s, warm)) == warm
+    return c, s
+
+
+def recv_exactly(sock: socket.socket, n: int, timeout: float = 10.0) -> bytes:
+    sock.settimeout(timeout)
+    parts = []
+    got = 0
+    while got < n:
+        chunk = sock.recv(min(1 << 20, n - got))
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def let_tcp_fill_the_queue() -> None:
+    """In this (test's own) namespace, let one TCP connection put a lot into the qdisc:
+    TCP small queues and the initial congestion window otherwise keep all but about two
+    segments in the socket, waiting for ACKs that the plug holds too."""
+    with open("/proc/sys/net/ipv4/tcp_limit_output_bytes", "w") as f:
+        f.write(str(256 << 20))
+    with open("/proc/sys/net/ipv4/tcp_autocorking", "w") as f:
+        f.write("0")
+    sh("ip", "route", "replace", "local", "127.0.0.1", "dev", "lo", "table", "local",
+       "initcwnd", "200", "initrwnd", "200")
+
+
+def pattern(n: int) -> bytes:
+    """n bytes in which any reordering or loss shows."""
+    block = bytes(range(251))  # prime length: offsets do not line up with segment sizes
+    return (block * (n // len(block) + 1))[:n]
+
+
+def sh(*argv: str) -> str:
+    """Run a tool (tc, ip) and return its stdout; raise with its stderr if it fails."""
+    p = subprocess.run(argv, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError("%s failed: %s" % (" ".join(argv), p.stderr.strip()))
+    return p.stdout
+
+
+class Sender(threading.Thread):
+    """sendall() in the background (it may block while packets are held)."""
+
+    def __init__(self, sock: socket.socket, data: bytes) -> None:
+        super().__init__(daemon=True)
+        self.sock, self.data = sock, data
+        self.error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        try:
+            self.sock.sendall(self.data)
+        except BaseException as e:  # reported by the test
+            self.error = e

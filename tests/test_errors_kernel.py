@@ -1,0 +1,236 @@
+"""Errors, permissions, namespaces, fork and the HAProxy-compatible API, in the lab."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+import plugqdisc
+from nettools import nothing_arrives, recv_all, sh, udp_pair
+from plugqdisc import (DeviceNotFoundError, PlugQdisc, PlugQdiscError,
+                       PlugQdiscPermissionError, plugged)
+
+pytestmark = pytest.mark.kernel
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def in_child(fn) -> dict:  # type: ignore[no-untyped-def, type-arg]
+    """Run fn() in a forked child; return what it returned (a JSON-able dict)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        code = 0
+        try:
+            os.close(r)
+            out = fn()
+        except BaseException as e:
+            out = {"error": "%s: %s" % (type(e).__name__, e)}
+            code = 1
+        os.write(w, json.dumps(out).encode())
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)  # type: ignore[no-any-return]
+
+
+def test_unknown_device() -> None:
+    with pytest.raises(DeviceNotFoundError) as e:
+        PlugQdisc("nosuchdev0").attach()
+    assert e.value.errno == errno.ENODEV
+    assert "nosuchdev0" in str(e.value) and "ip link" in str(e.value)
+    with pytest.raises(DeviceNotFoundError):
+        PlugQdisc(4242).attach()
+
+
+def test_device_that_vanished() -> None:
+    sh("ip", "link", "add", "gone0", "type", "dummy")
+    q = PlugQdisc("gone0").attach()
+    sh("ip", "link", "del", "gone0")
+    with pytest.raises(DeviceNotFoundError) as e:
+        q.buffer()
+    assert e.value.errno == errno.ENODEV
+    q.close()
+
+
+def test_another_qdisc_in_the_way_needs_replace() -> None:
+    sh("tc", "qdisc", "add", "dev", "lo", "root", "handle", "5:", "pfifo")
+    q = PlugQdisc("lo")
+    with pytest.raises(PlugQdiscError) as e:
+        q.attach()
+    assert e.value.errno == errno.EEXIST
+    assert "pfifo" in str(e.value) and "replace=True" in str(e.value)
+    assert " pfifo " in sh("tc", "qdisc", "show", "dev", "lo")  # untouched
+    q.attach(replace=True)
+    assert q.created
+    assert " plug " in sh("tc", "qdisc", "show", "dev", "lo")
+    q.detach()
+    q.close()
+
+
+def test_a_qdisc_deleted_behind_our_back_gives_a_clear_error() -> None:
+    q = PlugQdisc("lo").attach()
+    sh("tc", "qdisc", "del", "dev", "lo", "root")
+    for op in (q.buffer, q.release, q.stats):
+        with pytest.raises(PlugQdiscError) as e:
+            op()
+        assert e.value.errno == errno.ENOENT
+        assert "gone" in str(e.value)
+    q.close()
+
+
+def test_closed_object_raises_valueerror_and_close_is_idempotent() -> None:
+    q = PlugQdisc("lo").attach()
+    q.detach()
+    q.close()
+    q.close()
+    assert q.closed
+    for op in (q.buffer, q.release, q.release_one, q.stats, q.attach):
+        with pytest.raises(ValueError, match="closed"):
+            op()
+
+
+def test_use_before_attach_says_so() -> None:
+    q = PlugQdisc("lo")
+    with pytest.raises(PlugQdiscError) as e:
+        q.buffer()
+    assert e.value.errno == errno.ENOTCONN and "attach()" in str(e.value)
+    assert not has_any_plug()
+
+
+def has_any_plug() -> bool:
+    return " plug " in sh("tc", "qdisc", "show")
+
+
+def test_an_unprivileged_uid_gets_permissionerror() -> None:
+    def attempt() -> dict:  # type: ignore[type-arg]
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+        try:
+            PlugQdisc("lo").attach()
+        except OSError as e:
+            return {"cls": [c.__name__ for c in type(e).__mro__], "errno": e.errno,
+                    "msg": str(e)}
+        return {"cls": [], "errno": 0, "msg": "attached"}
+
+    got = in_child(attempt)
+    assert "PlugQdiscPermissionError" in got["cls"], got
+    assert "PermissionError" in got["cls"] and "PlugQdiscError" in got["cls"]
+    assert got["errno"] == errno.EPERM
+    assert "CAP_NET_ADMIN" in got["msg"]
+    assert issubclass(PlugQdiscPermissionError, PermissionError)
+    assert not has_any_plug()
+
+
+def test_netns_by_name_path_and_fd_leave_our_namespace_alone() -> None:
+    own = os.stat("/proc/thread-self/ns/net").st_ino
+    sh("ip", "netns", "add", "pqtest")
+    try:
+        for netns in ("pqtest", "/run/netns/pqtest"):
+            with plugged("lo", netns=netns) as q:
+                assert q.netns == netns
+                assert " plug " in sh("ip", "netns", "exec", "pqtest", "tc", "qdisc", "show")
+                assert not has_any_plug()  # not in our namespace
+                assert os.stat("/proc/thread-self/ns/net").st_ino == own
+        fd = os.open("/run/netns/pqtest", os.O_RDONLY)
+        try:
+            q = PlugQdisc("lo", netns=fd).attach()
+        finally:
+            os.close(fd)  # the object keeps its own reference
+        q.buffer()
+        assert " plug " in sh("ip", "netns", "exec", "pqtest", "tc", "qdisc", "show")
+        q.detach()
+        q.close()
+        assert " plug " not in sh("ip", "netns", "exec", "pqtest", "tc", "qdisc", "show")
+    finally:
+        sh("ip", "netns", "del", "pqtest")
+    assert os.stat("/proc/thread-self/ns/net").st_ino == own
+
+
+def test_netns_name_with_a_slash_is_a_path() -> None:
+    with pytest.raises(FileNotFoundError) as e:
+        PlugQdisc("lo", netns="sub/pqtest").attach()
+    assert "sub/pqtest" in str(e.value) and "/run/netns/sub" not in str(e.value)
+    with pytest.raises(FileNotFoundError) as e:
+        PlugQdisc("lo", netns="nosuchns").attach()
+    assert "/run/netns/nosuchns" in str(e.value)
+
+
+def test_netns_that_is_not_a_namespace() -> None:
+    with tempfile.NamedTemporaryFile() as f:
+        with pytest.raises(PlugQdiscError) as e:
+            PlugQdisc("lo", netns=f.name).attach()
+    assert e.value.errno == errno.EINVAL
+
+
+def test_a_forked_child_gets_its_own_socket() -> None:
+    q = PlugQdisc("lo").attach()
+
+    def child() -> dict:  # type: ignore[type-arg]
+        for _ in range(100):
+            q.buffer()
+            q.stats()
+            q.release()
+        return {"ok": True}
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        ok = 0
+        try:
+            child()
+        except BaseException:
+            ok = 1
+        os.write(w, b"%d" % ok)
+        os._exit(ok)
+    os.close(w)
+    # the parent keeps using the same object at the same time: a shared socket would
+    # mix up replies (sequence mismatches) on one side or the other
+    for _ in range(100):
+        q.stats()
+        q.release()
+    _, status = os.waitpid(pid, 0)
+    assert os.read(r, 10) == b"0" and status == 0
+    q.detach()
+    q.close()
+
+
+def test_module_level_haproxy_api() -> None:
+    rx, tx, addr = udp_pair()
+    plugqdisc.attach("lo")  # limit 0: the device's default, not the limit-0 trap
+    tx.sendto(b"passes", addr)
+    assert recv_all(rx, 1) == [b"passes"]
+    plugqdisc.plug_buffer()
+    tx.sendto(b"held", addr)
+    assert nothing_arrives(rx)
+    plugqdisc.release_indefinite_buffer()
+    assert recv_all(rx, 1) == [b"held"]
+    with pytest.raises(DeviceNotFoundError):
+        plugqdisc.attach("nosuchdev0")
+    with pytest.raises(PlugQdiscError):
+        plugqdisc.plug_buffer()  # the failed attach left no usable default
+
+
+def test_c_program_against_the_header_uses_the_haproxy_functions() -> None:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc, "a C compiler is needed (the package build needs one too)"
+    flags = sh("pkg-config", "--cflags", "--libs", "libnl-3.0", "libnl-route-3.0").split()
+    with tempfile.TemporaryDirectory() as d:
+        exe = os.path.join(d, "haproxy_compat")
+        sh(cc, "-std=gnu11", "-Wall", "-Werror", "-I", os.path.join(ROOT, "csrc"),
+           os.path.join(ROOT, "tests", "c", "haproxy_compat.c"),
+           os.path.join(ROOT, "csrc", "plug_qdisc.c"), "-o", exe, *flags)
+        p = subprocess.run([exe], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "FAIL" not in p.stdout
+    assert "nosuchdev0" in p.stdout or "bad device" in p.stdout, p.stdout
