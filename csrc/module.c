@@ -25,12 +25,12 @@ typedef struct {
     PyObject_HEAD
     struct plug_qdisc *q;        /* NULL once closed */
     PyThread_type_lock lock;     /* serialises every use of q: an nl_sock is not thread-safe */
-    pid_t lock_pid;              /* the process that made lock (see get_lock) */
+    unsigned long lock_gen;      /* pq_fork_generation() when lock was made (fresh_lock) */
 } QdiscObject;
 
 /* The HAProxy-compatible functions drive one process-wide handle; this lock guards it. */
 static PyThread_type_lock default_lock;
-static pid_t default_lock_pid;
+static unsigned long default_lock_gen;
 
 /* The single error funnel: -errno from the C core -> OSError(errno, "strerror (from
  * CALL): kernel text", device). OSError picks the subclass by errno (PermissionError...). */
@@ -61,9 +61,9 @@ set_error(int rc, const char *call, const struct plug_qdisc *q)
 /* A lock inherited through fork() may be held forever by a thread that does not exist
  * in the child: the child makes a fresh one. The C core reopens its socket likewise. */
 static PyThread_type_lock
-fresh_lock(PyThread_type_lock *lock, pid_t *owner)
+fresh_lock(PyThread_type_lock *lock, unsigned long *owner)
 {
-    pid_t me = getpid();
+    unsigned long me = pq_fork_generation();
     if (*lock == NULL || *owner != me) {
         PyThread_type_lock l = PyThread_allocate_lock();
         if (l == NULL) {
@@ -79,7 +79,7 @@ fresh_lock(PyThread_type_lock *lock, pid_t *owner)
 /* Run CALL on self->q with the GIL released and the object's lock held. */
 #define LOCKED(self, rc, call)                                                  \
     do {                                                                        \
-        PyThread_type_lock lk_ = fresh_lock(&(self)->lock, &(self)->lock_pid);  \
+        PyThread_type_lock lk_ = fresh_lock(&(self)->lock, &(self)->lock_gen);  \
         if (lk_ == NULL)                                                        \
             return NULL;                                                        \
         Py_BEGIN_ALLOW_THREADS                                                  \
@@ -177,7 +177,7 @@ Qdisc_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (self == NULL)
         return NULL;
     self->lock = PyThread_allocate_lock();
-    self->lock_pid = getpid();
+    self->lock_gen = pq_fork_generation();
     if (self->lock == NULL) {
         Py_DECREF(self);
         return PyErr_NoMemory();
@@ -209,7 +209,7 @@ Qdisc_dealloc(QdiscObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     pq_close(self->q); /* frees memory and the socket; no netlink traffic */
     self->q = NULL;
-    if (self->lock && self->lock_pid == getpid())
+    if (self->lock && self->lock_gen == pq_fork_generation())
         PyThread_free_lock(self->lock);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
@@ -295,7 +295,7 @@ static PyObject *
 Qdisc_close(QdiscObject *self, PyObject *unused)
 {
     (void)unused;
-    PyThread_type_lock lk = fresh_lock(&self->lock, &self->lock_pid);
+    PyThread_type_lock lk = fresh_lock(&self->lock, &self->lock_gen);
     if (lk == NULL)
         return NULL;
     struct plug_qdisc *q;
@@ -434,7 +434,7 @@ parse_handle(PyObject *module, PyObject *arg)
 /* Run one HAProxy-compatible call under the default handle's lock, GIL released. */
 #define DEFAULT_CALL(rc, call)                                                     \
     do {                                                                           \
-        PyThread_type_lock lk_ = fresh_lock(&default_lock, &default_lock_pid);     \
+        PyThread_type_lock lk_ = fresh_lock(&default_lock, &default_lock_gen);     \
         if (lk_ == NULL)                                                           \
             return NULL;                                                           \
         Py_BEGIN_ALLOW_THREADS                                                     \
@@ -509,7 +509,7 @@ module_exec(PyObject *module)
         return -1;
     if (PyModule_AddType(module, st->qdisc_type) < 0)
         return -1;
-    if (default_lock == NULL && fresh_lock(&default_lock, &default_lock_pid) == NULL)
+    if (default_lock == NULL && fresh_lock(&default_lock, &default_lock_gen) == NULL)
         return -1;
     return 0;
 }

@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -49,7 +50,7 @@
 
 struct plug_qdisc {
     struct nl_sock *sk;
-    pid_t sk_pid;              /* process that made sk; another pid means we were forked */
+    unsigned long sk_gen;      /* pq_fork_generation() when sk was made: forked if it moved */
     int netns_fd;              /* our dup of the caller's netns fd, or -1 */
     int ifindex;
     char device[IFNAMSIZ];
@@ -201,6 +202,30 @@ static void clear_kerr(struct plug_qdisc *q)
 }
 
 /* ------------------------------------------------------------------------------------ */
+/* fork detection without a syscall                                                     */
+
+/* Bumped in the child after every fork(). getpid() would do, but it is a syscall on each
+ * operation, and under UML a syscall costs as much as the netlink round trip itself. */
+static volatile unsigned long fork_generation;
+static pthread_once_t fork_hook_once = PTHREAD_ONCE_INIT;
+
+static void on_fork_child(void)
+{
+    fork_generation++;
+}
+
+static void install_fork_hook(void)
+{
+    (void)pthread_atfork(NULL, NULL, on_fork_child);
+}
+
+unsigned long pq_fork_generation(void)
+{
+    (void)pthread_once(&fork_hook_once, install_fork_hook);
+    return fork_generation;
+}
+
+/* ------------------------------------------------------------------------------------ */
 /* the socket                                                                           */
 
 /* Allocate and connect a NETLINK_ROUTE socket in the current thread's namespace, with
@@ -266,7 +291,7 @@ static int make_socket(struct plug_qdisc *q)
     if (err < 0)
         return err;
     q->sk = sk;
-    q->sk_pid = getpid();
+    q->sk_gen = pq_fork_generation();
     return 0;
 }
 
@@ -277,7 +302,7 @@ static int begin(struct plug_qdisc *q)
     int err;
 
     clear_kerr(q);
-    if (q->sk && q->sk_pid == getpid())
+    if (q->sk && q->sk_gen == pq_fork_generation())
         return 0;
     if (q->sk) {
         /* Closes only this process's copy of the fd; the parent's socket lives on. */

@@ -83,6 +83,9 @@ int pq_attached(const struct plug_qdisc *q);
 /* After a failure: the kernel's extended-ack text or a note of ours ("a prio qdisc is
  * there"); "" if none. Valid until the next call on the handle. */
 const char *pq_last_message(const struct plug_qdisc *q);
+/* A counter that moves in the child after every fork() (no syscall to read it): state
+ * made for one process, such as a socket or a lock, is stale once it has moved. */
+unsigned long pq_fork_generation(void);
 /* The default handle behind the HAProxy-compatible API (NULL before plug_qdisc_attach). */
 struct plug_qdisc *plug_qdisc_default_handle(void);
 

@@ -50,8 +50,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "inside the lab writes its results")
 
 
+# CI sets it: no lab, or no kernel test passing in it, is a failure, never a silent skip.
+REQUIRE_LAB = bool(os.environ.get("PLUGQDISC_REQUIRE_LAB"))
+_kernel_passed: List[str] = []
+_lab_nodeids: set = set()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "kernel: needs a kernel with sch_plug")
+    if REQUIRE_LAB and not RUN_NATIVE:
+        from plugqdisc import lab
+        if not os.path.exists(lab.DEFAULT_KERNEL):
+            raise pytest.UsageError("PLUGQDISC_REQUIRE_LAB is set but the lab kernel %s is "
+                                    "missing: apt-get install user-mode-linux"
+                                    % lab.DEFAULT_KERNEL)
     path = config.getoption("--lab-report")
     if path:
         config.pluginmanager.register(_Reporter(path), "plugqdisc-lab-reporter")
@@ -139,7 +151,7 @@ class LabItem(pytest.Item):
         self.target_nodeid = target.nodeid
         self.location_ = target.location
         for mark in target.iter_markers():
-            self.add_marker(mark)
+            self.own_markers.append(mark)
 
     def runtest(self) -> None:
         results = self.lab_run.get()
@@ -170,9 +182,21 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     if not kernel:
         return
     lab_run = _LabRun([it.nodeid for it in kernel])
+    _lab_nodeids.update(lab_run.nodeids)
     for i, it in enumerate(items):
         if it.get_closest_marker("kernel"):
             items[i] = LabItem.from_parent(it.parent, name=it.name, lab_run=lab_run, target=it)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.passed and report.nodeid in _lab_nodeids:
+        _kernel_passed.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if REQUIRE_LAB and not RUN_NATIVE and not _kernel_passed and exitstatus == 0:
+        sys.stderr.write("\nPLUGQDISC_REQUIRE_LAB: no kernel test passed in the lab\n")
+        session.exitstatus = 1
 
 
 # ---- inside: a fresh network namespace for every kernel test ----

@@ -1,0 +1,30 @@
+# plugqdisc: `make demo` and `make test` do all the set-up on a Debian/Ubuntu machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test bench system venv clean
+
+# The reload race, without and with plugged("lo"), under a kernel that has sch_plug.
+demo: venv
+	$(PY) -m plugqdisc.lab -- $(PY) examples/reload_race.py
+
+# The full suite: host tests, and the kernel tests in one lab boot.
+test: venv
+	$(VENV)/bin/pytest
+
+bench: venv
+	$(PY) bench/run.py
+
+system:
+	PYTHON=$(PYTHON) sh scripts/system-deps.sh
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+venv: system $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+
+clean:
+	rm -rf build *.egg-info plugqdisc/*.so bench/build $(VENV)

@@ -1,0 +1,112 @@
+"""Argument checks (no kernel needed: they happen before any netlink traffic), and the
+host kernel's own answer when it has no sch_plug."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import plugqdisc
+from plugqdisc import KernelSupportError, PlugQdisc, PlugQdiscError
+
+
+@pytest.mark.parametrize("kw, exc, text", [
+    ({"handle": "1:2:3"}, ValueError, "handle"),
+    ({"handle": "zz"}, ValueError, "handle"),
+    ({"handle": "10000:"}, ValueError, "handle"),
+    ({"handle": "1:2"}, ValueError, "MAJ:"),
+    ({"handle": "root"}, ValueError, "MAJ:"),
+    ({"handle": "0:"}, ValueError, "MAJ:"),
+    ({"handle": ""}, ValueError, "handle"),
+    ({"handle": 1}, TypeError, "handle"),
+    ({"parent": "zz"}, ValueError, "parent"),
+    ({"parent": "1:2:3"}, ValueError, "parent"),
+    ({"parent": None}, TypeError, "parent"),
+    ({"limit": -1}, ValueError, "limit"),
+    ({"limit": 2**32}, ValueError, "limit"),
+    ({"limit": "100"}, TypeError, "limit"),
+    ({"limit": 1.5}, TypeError, "limit"),
+    ({"limit": True}, TypeError, "limit"),
+    ({"netns": 1.5}, TypeError, "netns"),
+    ({"netns": -1}, ValueError, "netns"),
+    ({"netns": ""}, ValueError, "netns"),
+])
+def test_bad_arguments_are_refused_at_construction(kw, exc, text) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(exc, match=text):
+        PlugQdisc("lo", **kw)
+
+
+@pytest.mark.parametrize("device, exc", [
+    ("", ValueError), ("a" * 16, ValueError), ("a/b", ValueError), ("a b", ValueError),
+    ("a:b", ValueError), ("..", ValueError), (0, ValueError), (-3, ValueError),
+    (3.5, TypeError), (None, TypeError), (True, TypeError), (b"lo", TypeError),
+])
+def test_bad_devices_are_refused_at_construction(device, exc) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(exc, match="interface name|ifindex"):
+        PlugQdisc(device)
+
+
+def test_good_arguments_touch_nothing() -> None:
+    q = PlugQdisc("lo", parent="1:2", handle="ffff:", limit=2**32 - 1, netns="nosuch")
+    assert (q.device, q.parent, q.handle, q.limit, q.netns) == ("lo", "1:2", "ffff:",
+                                                                 2**32 - 1, "nosuch")
+    assert not q.closed and not q.is_buffering and not q.created and q.ifindex is None
+    q.close()
+    assert q.closed
+
+
+def test_module_level_attach_checks_arguments_first() -> None:
+    with pytest.raises(ValueError):
+        plugqdisc.attach("lo", id="1:2:3")
+    with pytest.raises(ValueError):
+        plugqdisc.attach("lo", limit=-1)
+    with pytest.raises(TypeError):
+        plugqdisc.attach(5)  # type: ignore[arg-type]
+
+
+def test_importing_has_no_side_effects() -> None:
+    code = ("import os; before = set(os.listdir('/proc/self/fd')); import plugqdisc; "
+            "import plugqdisc.lab; print(len(set(os.listdir('/proc/self/fd')) - before))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"  # no socket opened, nothing left open
+
+
+CHILD = r"""
+import ctypes, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.unshare(0x40000000) != 0:  # a private netns: never touch the host's lo
+    print(json.dumps({"skip": "unshare: " + os.strerror(ctypes.get_errno())})); sys.exit()
+import plugqdisc
+try:
+    q = plugqdisc.PlugQdisc("lo").attach()
+    print(json.dumps({"attached": True})); q.detach()
+except OSError as e:
+    print(json.dumps({"cls": [c.__name__ for c in type(e).__mro__], "errno": e.errno,
+                      "msg": str(e)}))
+"""
+
+
+def test_a_kernel_without_sch_plug_gives_kernelsupporterror() -> None:
+    """This machine's own kernel is one (tests run in the lab otherwise)."""
+    if os.environ.get("PLUGQDISC_INNER"):
+        pytest.skip("inside the lab the kernel has sch_plug; this test is for the host")
+    out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    if "skip" in got:
+        pytest.skip("cannot make a private network namespace here (%s): needs root or "
+                    "user namespaces" % got["skip"])
+    if got.get("attached"):
+        pytest.skip("this host's kernel has sch_plug")
+    assert "KernelSupportError" in got["cls"] and "PlugQdiscError" in got["cls"], got
+    assert got["errno"] == errno.ENOENT
+    for hint in ("CONFIG_NET_SCH_PLUG", "modprobe sch_plug", "plugqdisc.lab"):
+        assert hint in got["msg"]
+    assert issubclass(KernelSupportError, PlugQdiscError)
+    assert issubclass(PlugQdiscError, OSError)
