@@ -7,7 +7,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <pythread.h>
+#include <pthread.h>
 
 #include <errno.h>
 #include <string.h>
@@ -24,30 +24,46 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     struct plug_qdisc *q;        /* NULL once closed */
-    PyThread_type_lock lock;     /* serialises every use of q: an nl_sock is not thread-safe */
-    unsigned long lock_gen;      /* pq_fork_generation() when lock was made (fresh_lock) */
+    /* Serialises every use of q: an nl_sock is not thread-safe. A plain pthread mutex:
+     * CPython 3.11's PyThread lock reads the clock on every acquire, a syscall under UML. */
+    pthread_mutex_t lock;
+    unsigned long lock_gen;      /* pq_fork_generation() when lock was set up (fresh_lock) */
 } QdiscObject;
 
 /* The HAProxy-compatible functions drive one process-wide handle; this lock guards it. */
-static PyThread_type_lock default_lock;
+static pthread_mutex_t default_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned long default_lock_gen;
+
+/* What a failed call left in its handle, copied while the lock is still held: once it is
+ * released another thread may overwrite the message or free the handle. */
+struct errinfo {
+    char detail[512];
+    char device[32];
+};
+
+static int
+keep_error(const struct plug_qdisc *q, struct errinfo *ei)
+{
+    snprintf(ei->detail, sizeof ei->detail, "%s", q ? pq_last_message(q) : "");
+    snprintf(ei->device, sizeof ei->device, "%s", q ? pq_device(q) : "");
+    return 0;
+}
 
 /* The single error funnel: -errno from the C core -> OSError(errno, "strerror (from
  * CALL): kernel text", device). OSError picks the subclass by errno (PermissionError...). */
 static PyObject *
-set_error(int rc, const char *call, const struct plug_qdisc *q)
+set_error(int rc, const char *call, const struct errinfo *ei)
 {
     int err = -rc;
     if (err == ENOMEM)
         return PyErr_NoMemory();
-    const char *detail = q ? pq_last_message(q) : "";
     PyObject *msg = PyUnicode_FromFormat("%s (originated from %s)%s%s", strerror(err), call,
-                                         detail[0] ? ": " : "", detail);
+                                         ei->detail[0] ? ": " : "", ei->detail);
     if (msg == NULL)
         return NULL;
     PyObject *exc;
-    if (q && pq_device(q)[0])
-        exc = PyObject_CallFunction(PyExc_OSError, "iOs", err, msg, pq_device(q));
+    if (ei->device[0])
+        exc = PyObject_CallFunction(PyExc_OSError, "iOs", err, msg, ei->device);
     else
         exc = PyObject_CallFunction(PyExc_OSError, "iO", err, msg);
     Py_DECREF(msg);
@@ -59,33 +75,30 @@ set_error(int rc, const char *call, const struct plug_qdisc *q)
 }
 
 /* A lock inherited through fork() may be held forever by a thread that does not exist
- * in the child: the child makes a fresh one. The C core reopens its socket likewise. */
-static PyThread_type_lock
-fresh_lock(PyThread_type_lock *lock, unsigned long *owner)
+ * in the child: the child sets it up afresh (with the GIL held, before any use). The C
+ * core reopens its socket likewise. */
+static pthread_mutex_t *
+fresh_lock(pthread_mutex_t *lock, unsigned long *owner)
 {
-    unsigned long me = pq_fork_generation();
-    if (*lock == NULL || *owner != me) {
-        PyThread_type_lock l = PyThread_allocate_lock();
-        if (l == NULL) {
-            PyErr_NoMemory();
-            return NULL;
-        }
-        *lock = l; /* the parent's lock is not freed: its state is unknown here */
-        *owner = me;
+    unsigned long now = pq_fork_generation();
+    if (*owner != now) {
+        pthread_mutex_init(lock, NULL);
+        *owner = now;
     }
-    return *lock;
+    return lock;
 }
 
-/* Run CALL on self->q with the GIL released and the object's lock held. */
-#define LOCKED(self, rc, call)                                                  \
+/* Run CALL on self->q with the GIL released and the object's lock held; on failure
+ * copy the handle's message into *EI before letting go of the lock. */
+#define LOCKED(self, rc, call, ei)                                              \
     do {                                                                        \
-        PyThread_type_lock lk_ = fresh_lock(&(self)->lock, &(self)->lock_gen);  \
-        if (lk_ == NULL)                                                        \
-            return NULL;                                                        \
+        pthread_mutex_t *lk_ = fresh_lock(&(self)->lock, &(self)->lock_gen);    \
         Py_BEGIN_ALLOW_THREADS                                                  \
-        PyThread_acquire_lock(lk_, WAIT_LOCK);                                  \
+        pthread_mutex_lock(lk_);                                                \
         rc = (self)->q ? (call) : PQ_CLOSED;                                    \
-        PyThread_release_lock(lk_);                                             \
+        if (rc < 0)                                                             \
+            keep_error((self)->q, (ei));                                        \
+        pthread_mutex_unlock(lk_);                                              \
         Py_END_ALLOW_THREADS                                                    \
     } while (0)
 
@@ -97,12 +110,12 @@ closed_error(void)
 }
 
 static PyObject *
-result(QdiscObject *self, int rc, const char *call)
+result(int rc, const char *call, const struct errinfo *ei)
 {
     if (rc == PQ_CLOSED)
         return closed_error();
     if (rc < 0)
-        return set_error(rc, call, self->q);
+        return set_error(rc, call, ei);
     Py_RETURN_NONE;
 }
 
@@ -176,12 +189,8 @@ Qdisc_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     QdiscObject *self = (QdiscObject *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
-    self->lock = PyThread_allocate_lock();
+    pthread_mutex_init(&self->lock, NULL);
     self->lock_gen = pq_fork_generation();
-    if (self->lock == NULL) {
-        Py_DECREF(self);
-        return PyErr_NoMemory();
-    }
     struct plug_qdisc *q = NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
@@ -209,8 +218,7 @@ Qdisc_dealloc(QdiscObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     pq_close(self->q); /* frees memory and the socket; no netlink traffic */
     self->q = NULL;
-    if (self->lock && self->lock_gen == pq_fork_generation())
-        PyThread_free_lock(self->lock);
+    pthread_mutex_destroy(&self->lock);
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -224,8 +232,9 @@ Qdisc_attach(QdiscObject *self, PyObject *arg)
     if (replace < 0)
         return NULL;
     int rc;
-    LOCKED(self, rc, pq_attach(self->q, replace));
-    return result(self, rc, "pq_attach");
+    struct errinfo ei;
+    LOCKED(self, rc, pq_attach(self->q, replace), &ei);
+    return result(rc, "pq_attach", &ei);
 }
 
 #define SIMPLE_METHOD(name, call, doc)                                \
@@ -234,8 +243,9 @@ Qdisc_attach(QdiscObject *self, PyObject *arg)
     {                                                                 \
         (void)unused;                                                 \
         int rc;                                                       \
-        LOCKED(self, rc, call(self->q));                              \
-        return result(self, rc, #call);                               \
+        struct errinfo ei;                                            \
+        LOCKED(self, rc, call(self->q), &ei);                         \
+        return result(rc, #call, &ei);                                \
     }
 
 SIMPLE_METHOD(buffer, pq_buffer, "Hold from now on; start a new epoch (TCQ_PLUG_BUFFER).")
@@ -252,8 +262,9 @@ Qdisc_set_limit(QdiscObject *self, PyObject *arg)
     if (!to_u32(arg, &limit))
         return NULL;
     int rc;
-    LOCKED(self, rc, pq_set_limit(self->q, limit));
-    return result(self, rc, "pq_set_limit");
+    struct errinfo ei;
+    LOCKED(self, rc, pq_set_limit(self->q, limit), &ei);
+    return result(rc, "pq_set_limit", &ei);
 }
 
 PyDoc_STRVAR(stats_doc, "stats($self, /)\n--\n\n"
@@ -264,9 +275,10 @@ Qdisc_stats(QdiscObject *self, PyObject *unused)
     (void)unused;
     struct pq_stats st;
     int rc;
-    LOCKED(self, rc, pq_get_stats(self->q, &st));
+    struct errinfo ei;
+    LOCKED(self, rc, pq_get_stats(self->q, &st), &ei);
     if (rc != 0)
-        return result(self, rc, "pq_get_stats");
+        return result(rc, "pq_get_stats", &ei);
     return Py_BuildValue("(KKKKKKK)", (unsigned long long)st.packets,
                          (unsigned long long)st.bytes, (unsigned long long)st.qlen,
                          (unsigned long long)st.backlog, (unsigned long long)st.drops,
@@ -278,15 +290,16 @@ PyDoc_STRVAR(detach_doc, "detach($self, timeout_ms, /)\n--\n\n"
 static PyObject *
 Qdisc_detach(QdiscObject *self, PyObject *arg)
 {
-    int timeout_ms = PyLong_Check(arg) ? _PyLong_AsInt(arg) : -1;
-    if (timeout_ms < 0) {
+    long timeout_ms = PyLong_Check(arg) ? PyLong_AsLong(arg) : -1;
+    if (timeout_ms < 0 || timeout_ms > INT32_MAX) {
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "timeout_ms must be an int >= 0");
+            PyErr_SetString(PyExc_ValueError, "timeout_ms must be an int from 0 to 2**31-1");
         return NULL;
     }
     int rc;
-    LOCKED(self, rc, pq_detach(self->q, timeout_ms));
-    return result(self, rc, "pq_detach");
+    struct errinfo ei;
+    LOCKED(self, rc, pq_detach(self->q, (int)timeout_ms), &ei);
+    return result(rc, "pq_detach", &ei);
 }
 
 PyDoc_STRVAR(close_doc, "close($self, /)\n--\n\n"
@@ -295,15 +308,13 @@ static PyObject *
 Qdisc_close(QdiscObject *self, PyObject *unused)
 {
     (void)unused;
-    PyThread_type_lock lk = fresh_lock(&self->lock, &self->lock_gen);
-    if (lk == NULL)
-        return NULL;
+    pthread_mutex_t *lk = fresh_lock(&self->lock, &self->lock_gen);
     struct plug_qdisc *q;
     Py_BEGIN_ALLOW_THREADS
-    PyThread_acquire_lock(lk, WAIT_LOCK);
+    pthread_mutex_lock(lk);
     q = self->q;
     self->q = NULL; /* cleared before freeing: a second close is a no-op */
-    PyThread_release_lock(lk);
+    pthread_mutex_unlock(lk);
     Py_END_ALLOW_THREADS
     pq_close(q);
     Py_RETURN_NONE;
@@ -314,7 +325,8 @@ Qdisc_close(QdiscObject *self, PyObject *unused)
 enum { G_IFINDEX, G_DEVICE, G_LIMIT, G_BUFFERING, G_CREATED, G_ATTACHED };
 
 struct snapshot {
-    long ifindex, limit, buffering, created, attached;
+    long ifindex, buffering, created, attached;
+    unsigned long limit;
     char device[32];
 };
 
@@ -322,7 +334,7 @@ static int
 take_snapshot(const struct plug_qdisc *q, struct snapshot *s)
 {
     s->ifindex = pq_ifindex(q);
-    s->limit = (long)pq_limit(q);
+    s->limit = pq_limit(q);
     s->buffering = pq_is_buffering(q);
     s->created = pq_created(q);
     s->attached = pq_attached(q);
@@ -334,8 +346,9 @@ static PyObject *
 Qdisc_get(QdiscObject *self, void *which)
 {
     struct snapshot s;
+    struct errinfo ei;
     int rc;
-    LOCKED(self, rc, take_snapshot(self->q, &s));
+    LOCKED(self, rc, take_snapshot(self->q, &s), &ei);
     if (rc == PQ_CLOSED)
         return closed_error();
     switch ((intptr_t)which) {
@@ -344,7 +357,7 @@ Qdisc_get(QdiscObject *self, void *which)
     case G_IFINDEX:
         return PyLong_FromLong(s.ifindex);
     case G_LIMIT:
-        return PyLong_FromLong(s.limit);
+        return PyLong_FromUnsignedLong(s.limit);
     case G_BUFFERING:
         return PyBool_FromLong(s.buffering);
     case G_CREATED:
@@ -431,16 +444,18 @@ parse_handle(PyObject *module, PyObject *arg)
     return PyLong_FromUnsignedLong(h);
 }
 
-/* Run one HAProxy-compatible call under the default handle's lock, GIL released. */
-#define DEFAULT_CALL(rc, call)                                                     \
+/* Run one HAProxy-compatible call under the default handle's lock, GIL released; on
+ * failure copy the default handle's message (if it has one) before unlocking. */
+#define DEFAULT_CALL(rc, call, ei, had_handle)                                     \
     do {                                                                           \
-        PyThread_type_lock lk_ = fresh_lock(&default_lock, &default_lock_gen);     \
-        if (lk_ == NULL)                                                           \
-            return NULL;                                                           \
+        pthread_mutex_t *lk_ = fresh_lock(&default_lock, &default_lock_gen);       \
         Py_BEGIN_ALLOW_THREADS                                                     \
-        PyThread_acquire_lock(lk_, WAIT_LOCK);                                     \
+        pthread_mutex_lock(lk_);                                                   \
         rc = (call);                                                               \
-        PyThread_release_lock(lk_);                                                \
+        had_handle = plug_qdisc_default_handle() != NULL;                          \
+        if (rc < 0)                                                                \
+            keep_error(plug_qdisc_default_handle(), (ei));                         \
+        pthread_mutex_unlock(lk_);                                                 \
         Py_END_ALLOW_THREADS                                                       \
     } while (0)
 
@@ -455,10 +470,12 @@ py_plug_qdisc_attach(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "sssO&:plug_qdisc_attach", &device, &parent, &id, to_u32,
                           &limit))
         return NULL;
-    int rc;
-    DEFAULT_CALL(rc, plug_qdisc_attach((char *)device, (char *)parent, (char *)id, limit));
+    int rc, had_handle;
+    struct errinfo ei;
+    DEFAULT_CALL(rc, plug_qdisc_attach((char *)device, (char *)parent, (char *)id, limit),
+                 &ei, had_handle);
     if (rc < 0) {
-        if (rc == -ENODEV || rc == -EINVAL) {
+        if (!had_handle) {
             /* the failure was before a handle existed: name the device ourselves */
             PyObject *exc = PyObject_CallFunction(PyExc_OSError, "iss", -rc,
                                                   strerror(-rc), device);
@@ -468,7 +485,7 @@ py_plug_qdisc_attach(PyObject *module, PyObject *args)
             }
             return NULL;
         }
-        return set_error(rc, "plug_qdisc_attach", plug_qdisc_default_handle());
+        return set_error(rc, "plug_qdisc_attach", &ei);
     }
     Py_RETURN_NONE;
 }
@@ -479,10 +496,12 @@ py_plug_qdisc_attach(PyObject *module, PyObject *args)
     {                                                                        \
         (void)module;                                                        \
         (void)unused;                                                        \
-        int rc;                                                              \
-        DEFAULT_CALL(rc, name());                                            \
+        int rc, had_handle_;                                                 \
+        struct errinfo ei;                                                   \
+        DEFAULT_CALL(rc, name(), &ei, had_handle_);                          \
+        (void)had_handle_;                                                   \
         if (rc < 0)                                                          \
-            return set_error(rc, #name, plug_qdisc_default_handle());        \
+            return set_error(rc, #name, &ei);                                \
         Py_RETURN_NONE;                                                      \
     }
 
@@ -508,8 +527,6 @@ module_exec(PyObject *module)
     if (st->qdisc_type == NULL)
         return -1;
     if (PyModule_AddType(module, st->qdisc_type) < 0)
-        return -1;
-    if (default_lock == NULL && fresh_lock(&default_lock, &default_lock_gen) == NULL)
         return -1;
     return 0;
 }

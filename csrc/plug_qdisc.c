@@ -22,6 +22,7 @@
 #include <net/if.h>
 #include <net/if_arp.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <linux/pkt_sched.h>
@@ -256,6 +257,15 @@ static int connect_here(struct plug_qdisc *q, struct nl_sock **out)
     return 0;
 }
 
+/* Whether two fds refer to the same file (here: the same network namespace). */
+static int same_file(int a, int b)
+{
+    struct stat sa, sb;
+
+    return fstat(a, &sa) == 0 && fstat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
 /* Make the handle's socket, in its namespace if it has one (the socket keeps the
  * namespace it was created in; the thread is switched back before returning, also on
  * error). 0 or -errno. */
@@ -264,12 +274,14 @@ static int make_socket(struct plug_qdisc *q)
     struct nl_sock *sk = NULL;
     int saved, err, err2;
 
-    if (q->netns_fd < 0) {
+    saved = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (saved < 0)
+        return -errno;
+    if (q->netns_fd < 0 || same_file(saved, q->netns_fd)) {
+        /* Already there: no setns, which would need CAP_SYS_ADMIN. */
         err = connect_here(q, &sk);
+        close(saved);
     } else {
-        saved = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-        if (saved < 0)
-            return -errno;
         if (setns(q->netns_fd, CLONE_NEWNET) < 0) {
             err = -errno;
             close(saved);
@@ -277,8 +289,8 @@ static int make_socket(struct plug_qdisc *q)
         }
         err = connect_here(q, &sk);
         if (setns(saved, CLONE_NEWNET) < 0) {
-            /* Cannot happen for our own namespace fd; report it rather than go on in
-             * the wrong namespace. */
+            /* Should not happen (we came from there). If it does, the thread is left in
+             * the other namespace: the error at least says so. */
             err2 = -errno;
             if (sk)
                 nl_socket_free(sk);
@@ -311,7 +323,8 @@ static int begin(struct plug_qdisc *q)
     }
     err = make_socket(q);
     if (err < 0)
-        set_msg(q, "cannot open a netlink socket for %s: %s", q->device, strerror(-err));
+        set_msg(q, "cannot open a netlink socket for %s: %s", q->device,
+                strerror_r(-err, (char[64]){ 0 }, 64));
     return err;
 }
 
@@ -406,6 +419,8 @@ static int get_qdisc(struct plug_qdisc *q, struct rtnl_qdisc **out)
     int err;
 
     *out = NULL;
+    if (!q->sk)
+        return -ENOTCONN; /* begin() failed to re-open it (after fork) */
     /* NLM_F_ECHO: kernels before 6.5 only multicast the answer to a GET unless asked to
      * echo it to the sender; NLM_F_ACK ends the exchange in every case. */
     msg = nlmsg_alloc_simple(RTM_GETQDISC, NLM_F_ECHO | NLM_F_ACK);
@@ -636,10 +651,14 @@ int pq_open(struct plug_qdisc **out, const char *device, int ifindex, uint32_t p
     if (netns_fd >= 0) {
         /* Our own copy: the caller may close theirs; also needed to re-open after fork. */
         q->netns_fd = fcntl(netns_fd, F_DUPFD_CLOEXEC, 0);
-        if (q->netns_fd < 0) {
-            err = -errno;
-            goto fail;
-        }
+    } else {
+        /* The caller's namespace, kept so that a socket re-opened after fork (perhaps by
+         * a thread that has since moved) lands in the same one. */
+        q->netns_fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    }
+    if (q->netns_fd < 0) {
+        err = -errno;
+        goto fail;
     }
     err = begin(q);
     if (err < 0)
@@ -654,6 +673,28 @@ int pq_open(struct plug_qdisc **out, const char *device, int ifindex, uint32_t p
 fail:
     pq_close(q);
     return err;
+}
+
+/* Send RTM_DELQDISC for the qdisc of KIND with our handle at our place. 0 or -errno
+ * (the kernel's text in q->msg). */
+static int delete_qdisc(struct plug_qdisc *q, const char *kind)
+{
+    struct rtnl_qdisc *qd;
+    int err;
+
+    qd = rtnl_qdisc_alloc();
+    if (!qd)
+        return -ENOMEM;
+    rtnl_tc_set_ifindex(TC_CAST(qd), q->ifindex);
+    rtnl_tc_set_parent(TC_CAST(qd), q->parent);
+    rtnl_tc_set_handle(TC_CAST(qd), q->handle);
+    err = kind ? rtnl_tc_set_kind(TC_CAST(qd), kind) : 0;
+    if (err >= 0) {
+        clear_kerr(q);
+        err = rtnl_qdisc_delete(q->sk, qd);
+    }
+    rtnl_qdisc_put(qd);
+    return nl_result(q, err);
 }
 
 /* Create or adopt the plug qdisc at the handle's place, then release it. 0 or -errno. */
@@ -677,9 +718,17 @@ int pq_attach(struct plug_qdisc *q, int replace)
         err = send_plug(q, NLM_F_CREATE | NLM_F_EXCL, TCQ_PLUG_LIMIT, q->limit);
         created = 1;
     } else if (is_our_plug(q, qd)) {
-        /* Ours from an earlier run: adopt; only an explicit limit overrides its limit. */
+        /* Ours from an earlier run: adopt; only an explicit limit overrides its limit.
+         * A second attach of the same handle keeps knowing that it created it. */
         err = q->limit_explicit ? send_plug(q, 0, TCQ_PLUG_LIMIT, q->limit) : 0;
-        created = 0;
+        created = q->attached && q->created;
+    } else if (replace && rtnl_tc_get_handle(TC_CAST(qd)) == q->handle) {
+        /* Same handle, other kind: the kernel takes a replace as a change of that qdisc
+         * and refuses the kind ("Invalid qdisc name"). Delete it, then create ours. */
+        err = delete_qdisc(q, rtnl_tc_get_kind(TC_CAST(qd)));
+        if (err == 0)
+            err = send_plug(q, NLM_F_CREATE | NLM_F_EXCL, TCQ_PLUG_LIMIT, q->limit);
+        created = 1;
     } else if (replace) {
         err = send_plug(q, NLM_F_CREATE | NLM_F_REPLACE, TCQ_PLUG_LIMIT, q->limit);
         created = 1;
@@ -707,8 +756,15 @@ int pq_attach(struct plug_qdisc *q, int replace)
     }
     /* A new plug qdisc holds; the contract is that traffic passes after attach. */
     err = send_plug(q, 0, TCQ_PLUG_RELEASE_INDEFINITE, q->limit);
-    if (err < 0)
-        return fail_msg(q, err, "cannot release the plug qdisc");
+    if (err < 0) {
+        /* Never leave a qdisc we made holding the device's traffic with nobody in charge
+         * of it: take it away again (it holds nothing we were asked to keep). */
+        fail_msg(q, err, "cannot release the plug qdisc");
+        if (created)
+            (void)delete_qdisc(q, "plug");
+        q->attached = 0;
+        return err;
+    }
     q->created = created;
     q->is_buffering = 0;
     q->attached = 1;
@@ -806,7 +862,6 @@ static int64_t now_ms(void)
 int pq_detach(struct plug_qdisc *q, int timeout_ms)
 {
     struct pq_stats st;
-    struct rtnl_qdisc *qd;
     int64_t deadline;
     int err;
 
@@ -847,19 +902,7 @@ int pq_detach(struct plug_qdisc *q, int timeout_ms)
         nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
     }
 
-    qd = rtnl_qdisc_alloc();
-    if (!qd)
-        return -ENOMEM;
-    rtnl_tc_set_ifindex(TC_CAST(qd), q->ifindex);
-    rtnl_tc_set_parent(TC_CAST(qd), q->parent);
-    rtnl_tc_set_handle(TC_CAST(qd), q->handle);
-    err = rtnl_tc_set_kind(TC_CAST(qd), "plug");
-    if (err >= 0) {
-        clear_kerr(q);
-        err = rtnl_qdisc_delete(q->sk, qd);
-    }
-    rtnl_qdisc_put(qd);
-    err = nl_result(q, err);
+    err = delete_qdisc(q, "plug");
     if (err == -ENOENT)
         q->attached = 0;
     if (err < 0)

@@ -33,7 +33,7 @@ import errno as _errno
 import os
 import threading
 import time
-from typing import Iterator, NamedTuple, NoReturn, Optional, Union
+from typing import Iterator, List, NamedTuple, NoReturn, Optional, Union
 
 from . import _plugqdisc
 
@@ -146,6 +146,14 @@ def _check_device(device: Union[str, int]) -> None:
                          "white space (see `ip link`)" % device)
 
 
+def _parse_parent(text: str) -> int:
+    value = _parse(text, "parent")
+    if value == 0:
+        raise ValueError("parent: 'none' is no place for a qdisc; use 'root' or a class "
+                         "'MAJ:MIN'")
+    return value
+
+
 def _parse(text: str, what: str) -> int:
     try:
         return int(_plugqdisc.parse_handle(text))
@@ -205,7 +213,7 @@ class PlugQdisc:
         netns: Netns = None,
     ) -> None:
         _check_device(device)
-        self._parent_id = _parse(parent, "parent")
+        self._parent_id = _parse_parent(parent)
         self._handle_id = _parse_qdisc_handle(handle)
         self._limit = _check_limit(limit)
         _check_netns(netns)
@@ -215,7 +223,9 @@ class PlugQdisc:
         self._netns = netns
         self._q: Optional[_plugqdisc.Qdisc] = None
         self._closed = False
-        self._lock = threading.Lock()  # guards opening and closing _q
+        # Guards the swaps of _q (never held across a netlink call, so a fork() cannot
+        # inherit it held for long).
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         state = ("closed" if self._closed else "detached" if self._q is None
@@ -232,8 +242,9 @@ class PlugQdisc:
         """The C handle, opened on first attach (socket in the netns, device looked up)."""
         if self._closed:
             raise ValueError("I/O operation on a closed PlugQdisc")
-        if self._q is not None:
-            return self._q
+        q = self._q
+        if q is not None:
+            return q
         fd = -1
         own_fd = False
         if isinstance(self._netns, int):
@@ -248,14 +259,18 @@ class PlugQdisc:
                     "or pass a path or an open fd" % path, path) from None
             own_fd = True
         try:
-            self._q = _plugqdisc.Qdisc(self._device, self._parent_id, self._handle_id,
-                                       self._limit, fd)
+            q = _plugqdisc.Qdisc(self._device, self._parent_id, self._handle_id, self._limit, fd)
         except OSError as e:
             _raise(e, "open", self._where)
         finally:
             if own_fd:
                 os.close(fd)
-        return self._q
+        with self._lock:
+            if self._closed or self._q is not None:  # closed, or opened by another thread
+                q.close()
+                return self._live()
+            self._q = q
+        return q
 
     def _live(self) -> _plugqdisc.Qdisc:
         q = self._q
@@ -270,8 +285,7 @@ class PlugQdisc:
         """Create the plug qdisc (or adopt the plug qdisc with our handle already
         there) and let traffic pass. A qdisc of another kind at that place raises
         PlugQdiscError (EEXIST) unless ``replace=True``. Returns self."""
-        with self._lock:
-            q = self._open()
+        q = self._open()
         try:
             q.attach(bool(replace))
         except OSError as e:
@@ -368,14 +382,18 @@ class PlugQdisc:
     def _finish(self) -> None:
         """Release; detach if we created the qdisc; close. Every step runs even if
         an earlier one fails; the first error is raised."""
-        try:
-            q = self._q
-            if q is not None and q.attached:
-                self.release()
-                if q.created:
-                    self.detach()
-        finally:
-            self.close()
+        errors: List[BaseException] = []
+        q = self._q
+        if q is not None and q.attached:
+            steps = [self.release] + ([self.detach] if q.created else [])
+            for step in steps:  # detach releases again, waits for the backlog, deletes
+                try:
+                    step()
+                except BaseException as e:
+                    errors.append(e)
+        self.close()
+        if errors:
+            raise errors[0]
 
     @property
     def device(self) -> Union[str, int]:
@@ -459,7 +477,7 @@ def attach(device: str, parent: str = "root", id: str = "1:", limit: int = 0) ->
     _check_device(device)
     if not isinstance(device, str):
         raise TypeError("device must be an interface name (str)")
-    _parse(parent, "parent")
+    _parse_parent(parent)
     _parse_qdisc_handle(id)
     _check_limit(limit)
     try:
