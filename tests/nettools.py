@@ -100,8 +100,11 @@ def let_tcp_fill_the_queue() -> None:
         f.write(str(256 << 20))
     with open("/proc/sys/net/ipv4/tcp_autocorking", "w") as f:
         f.write("0")
+    with open("/proc/sys/net/ipv4/tcp_slow_start_after_idle", "w") as f:
+        f.write("0")  # else a window unused for an RTO is cut (RFC 2861)
+    # rto_min: no retransmission timeout (and collapsed window) while segments are held
     sh("ip", "route", "replace", "local", "127.0.0.1", "dev", "lo", "table", "local",
-       "initcwnd", "200", "initrwnd", "200")
+       "initcwnd", "200", "initrwnd", "200", "rto_min", "60s")
 
 
 def pattern(n: int) -> bytes:

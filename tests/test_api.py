@@ -25,6 +25,7 @@ from plugqdisc import KernelSupportError, PlugQdisc, PlugQdiscError
     ({"handle": ""}, ValueError, "handle"),
     ({"handle": 1}, TypeError, "handle"),
     ({"parent": "zz"}, ValueError, "parent"),
+    ({"parent": "none"}, ValueError, "parent"),
     ({"parent": "1:2:3"}, ValueError, "parent"),
     ({"parent": None}, TypeError, "parent"),
     ({"limit": -1}, ValueError, "limit"),

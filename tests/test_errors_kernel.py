@@ -76,6 +76,24 @@ def test_another_qdisc_in_the_way_needs_replace() -> None:
     q.close()
 
 
+def test_replace_over_another_kind_with_the_same_handle() -> None:
+    sh("tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", "prio")
+    with pytest.raises(PlugQdiscError) as e:
+        PlugQdisc("lo").attach()
+    assert e.value.errno == errno.EEXIST and "prio" in str(e.value)
+    with plugged("lo", replace=True) as q:
+        assert q.created
+        assert " plug 1: " in sh("tc", "qdisc", "show", "dev", "lo")
+    assert " prio " not in sh("tc", "qdisc", "show", "dev", "lo")
+
+
+def test_attaching_twice_still_knows_it_created_the_qdisc() -> None:
+    with PlugQdisc("lo") as q:
+        q.attach()
+        assert q.created
+    assert not has_any_plug()
+
+
 def test_a_qdisc_deleted_behind_our_back_gives_a_clear_error() -> None:
     q = PlugQdisc("lo").attach()
     sh("tc", "qdisc", "del", "dev", "lo", "root")
@@ -201,6 +219,43 @@ def test_a_forked_child_gets_its_own_socket() -> None:
         q.release()
     _, status = os.waitpid(pid, 0)
     assert os.read(r, 10) == b"0" and status == 0
+    q.detach()
+    q.close()
+
+
+def test_a_forked_child_that_moved_namespace_still_drives_the_original() -> None:
+    q = PlugQdisc("lo").attach()
+    q.buffer()
+
+    def child() -> dict:  # type: ignore[type-arg]
+        import ctypes
+        if ctypes.CDLL(None, use_errno=True).unshare(0x40000000) != 0:
+            return {"error": "unshare failed"}
+        q.release()  # a new socket, made in the namespace the object was opened in
+        return {"ok": True}
+
+    rx, tx, addr = udp_pair()
+    assert in_child(child) == {"ok": True}
+    tx.sendto(b"passes: the child released our qdisc", addr)
+    assert recv_all(rx, 1) == [b"passes: the child released our qdisc"]
+    q.detach()
+    q.close()
+
+
+def test_a_child_that_cannot_open_a_socket_gets_an_error_not_a_crash() -> None:
+    q = PlugQdisc("lo").attach()
+
+    def child() -> dict:  # type: ignore[type-arg]
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (3, 3))
+        try:
+            q.detach()
+        except OSError as e:
+            return {"errno": e.errno, "cls": type(e).__name__}
+        return {"errno": 0}
+
+    got = in_child(child)
+    assert got["errno"] == errno.EMFILE, got
     q.detach()
     q.close()
 
