@@ -331,6 +331,26 @@ static int begin(struct plug_qdisc *q)
 /* ------------------------------------------------------------------------------------ */
 /* requests                                                                             */
 
+/* A qdisc object of KIND (NULL: any) at our place with our handle, for a request; NULL
+ * and *err set to a libnl error (-NLE_*) on failure. The caller puts it. */
+static struct rtnl_qdisc *our_qdisc(const struct plug_qdisc *q, const char *kind, int *err)
+{
+    struct rtnl_qdisc *qd = rtnl_qdisc_alloc();
+
+    *err = -NLE_NOMEM;
+    if (!qd)
+        return NULL;
+    rtnl_tc_set_ifindex(TC_CAST(qd), q->ifindex);
+    rtnl_tc_set_parent(TC_CAST(qd), q->parent);
+    rtnl_tc_set_handle(TC_CAST(qd), q->handle);
+    *err = kind ? rtnl_tc_set_kind(TC_CAST(qd), kind) : 0;
+    if (*err < 0) {
+        rtnl_qdisc_put(qd);
+        return NULL;
+    }
+    return qd;
+}
+
 /* Send one RTM_NEWQDISC for a plug qdisc at our place with the given netlink FLAGS
  * (0: change; CREATE|EXCL; CREATE|REPLACE), ACTION (TCQ_PLUG_*) and LIMIT (only read by
  * the kernel for TCQ_PLUG_LIMIT and at creation). 0 or -errno. */
@@ -339,15 +359,9 @@ static int send_plug(struct plug_qdisc *q, int flags, int action, uint32_t limit
     struct rtnl_qdisc *qd;
     int err;
 
-    qd = rtnl_qdisc_alloc();
+    qd = our_qdisc(q, "plug", &err);
     if (!qd)
-        return -ENOMEM;
-    rtnl_tc_set_ifindex(TC_CAST(qd), q->ifindex);
-    rtnl_tc_set_parent(TC_CAST(qd), q->parent);
-    rtnl_tc_set_handle(TC_CAST(qd), q->handle);
-    err = rtnl_tc_set_kind(TC_CAST(qd), "plug");
-    if (err < 0)
-        goto out;
+        return nl_result(q, err);
     /* libnl sends {action, limit} every time; set the limit first so that a creation
      * carries the real limit whatever the action (a 0 limit drops every packet). */
     err = rtnl_qdisc_plug_set_limit(qd, (int)limit);
@@ -682,17 +696,11 @@ static int delete_qdisc(struct plug_qdisc *q, const char *kind)
     struct rtnl_qdisc *qd;
     int err;
 
-    qd = rtnl_qdisc_alloc();
+    qd = our_qdisc(q, kind, &err);
     if (!qd)
-        return -ENOMEM;
-    rtnl_tc_set_ifindex(TC_CAST(qd), q->ifindex);
-    rtnl_tc_set_parent(TC_CAST(qd), q->parent);
-    rtnl_tc_set_handle(TC_CAST(qd), q->handle);
-    err = kind ? rtnl_tc_set_kind(TC_CAST(qd), kind) : 0;
-    if (err >= 0) {
-        clear_kerr(q);
-        err = rtnl_qdisc_delete(q->sk, qd);
-    }
+        return nl_result(q, err);
+    clear_kerr(q);
+    err = rtnl_qdisc_delete(q->sk, qd);
     rtnl_qdisc_put(qd);
     return nl_result(q, err);
 }

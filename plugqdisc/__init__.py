@@ -33,7 +33,7 @@ import errno as _errno
 import os
 import threading
 import time
-from typing import Iterator, List, NamedTuple, NoReturn, Optional, Union
+from typing import Callable, Iterator, List, NamedTuple, NoReturn, Optional, Union
 
 from . import _plugqdisc
 
@@ -486,23 +486,21 @@ def attach(device: str, parent: str = "root", id: str = "1:", limit: int = 0) ->
         _raise(e, "attach", "%r (parent %s, handle %s)" % (device, parent, id))
 
 
-def plug_buffer() -> None:
-    """``plug_qdisc_plug_buffer()``: the default qdisc holds from now on."""
+def _on_default(call: Callable[[], None], action: str) -> None:
     try:
-        _plugqdisc.plug_qdisc_plug_buffer()
+        call()
     except OSError as e:
         if e.errno == _errno.ENOTCONN:
             raise PlugQdiscError(e.errno, "no default plug qdisc: call plugqdisc.attach() "
                                  "first") from None
-        _raise(e, "plug_buffer", "the default plug qdisc")
+        _raise(e, action, "the default plug qdisc")
+
+
+def plug_buffer() -> None:
+    """``plug_qdisc_plug_buffer()``: the default qdisc holds from now on."""
+    _on_default(_plugqdisc.plug_qdisc_plug_buffer, "plug_buffer")
 
 
 def release_indefinite_buffer() -> None:
     """``plug_qdisc_release_indefinite_buffer()``: release all and pass traffic."""
-    try:
-        _plugqdisc.plug_qdisc_release_indefinite_buffer()
-    except OSError as e:
-        if e.errno == _errno.ENOTCONN:
-            raise PlugQdiscError(e.errno, "no default plug qdisc: call plugqdisc.attach() "
-                                 "first") from None
-        _raise(e, "release_indefinite_buffer", "the default plug qdisc")
+    _on_default(_plugqdisc.plug_qdisc_release_indefinite_buffer, "release_indefinite_buffer")

@@ -23,8 +23,21 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+# Every lab these tests start keeps its files (and so its uml_dir=, on UML's command line)
+# under this folder: a lab that someone else runs at the same time is not ours to count.
+# World-writable and sticky like /tmp, since one test runs the lab as user nobody.
+LAB_TMP = tempfile.mkdtemp(prefix="plugqdisc-labtests-")
+os.chmod(LAB_TMP, 0o1777)
+
+
+@pytest.fixture(autouse=True)
+def _labs_under_lab_tmp(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TMPDIR", LAB_TMP)  # for the labs started as processes
+    monkeypatch.setattr(tempfile, "tempdir", LAB_TMP)  # and for lab.run() in this one
+
+
 def uml_processes() -> List[int]:
-    """Our labs' UML processes still alive (their command line names our folder)."""
+    """UML processes of the labs these tests started that are still alive."""
     pids = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -36,7 +49,7 @@ def uml_processes() -> List[int]:
                 state = f.read().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if b"plugqdisc-lab-" in cmd and b"umid=lab" in cmd and state != "Z":
+        if (b"uml_dir=" + LAB_TMP.encode()) in cmd and state != "Z":
             pids.append(int(pid))
     return pids
 
@@ -182,7 +195,8 @@ def test_an_unprivileged_host_user_can_run_the_lab() -> None:
             pytest.skip("no user 'nobody' on this host to run as")
         prefix = ["setpriv", "--reuid=%d" % nobody.pw_uid, "--regid=%d" % nobody.pw_gid,
                   "--clear-groups"]
-    env = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/nonexistent"]
+    env = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/nonexistent",
+           "TMPDIR=" + LAB_TMP]
     if prefix:
         for python in (os.path.realpath(sys.executable), "/usr/bin/python3"):
             if subprocess.run(prefix + env + [python, "-c", "pass"], cwd="/",
@@ -190,7 +204,7 @@ def test_an_unprivileged_host_user_can_run_the_lab() -> None:
                 break
         else:
             pytest.skip("no Python interpreter that user nobody may run")
-    with tempfile.TemporaryDirectory() as d:  # under /tmp, which nobody may enter
+    with tempfile.TemporaryDirectory() as d:  # under LAB_TMP, which nobody may enter
         os.chmod(d, 0o755)
         os.mkdir(os.path.join(d, "plugqdisc"), 0o755)
         open(os.path.join(d, "plugqdisc", "__init__.py"), "w").close()
