@@ -374,7 +374,11 @@ class PlugQdisc:
             q.close()
 
     def __enter__(self) -> "PlugQdisc":
-        return self.attach()
+        try:
+            return self.attach()
+        except BaseException:
+            self.close()  # __exit__ will not run: do not keep the socket open
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self._finish()
