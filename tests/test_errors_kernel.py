@@ -69,6 +69,11 @@ def test_another_qdisc_in_the_way_needs_replace() -> None:
     assert e.value.errno == errno.EEXIST
     assert "pfifo" in str(e.value) and "replace=True" in str(e.value)
     assert " pfifo " in sh("tc", "qdisc", "show", "dev", "lo")  # untouched
+    other = PlugQdisc("lo")
+    with pytest.raises(PlugQdiscError):
+        with other:
+            pass
+    assert other.closed  # a failed entry does not leave its socket open
     q.attach(replace=True)
     assert q.created
     assert " plug " in sh("tc", "qdisc", "show", "dev", "lo")
