@@ -49,28 +49,36 @@ keep_error(const struct plug_qdisc *q, struct errinfo *ei)
     return 0;
 }
 
-/* The single error funnel: -errno from the C core -> OSError(errno, "strerror (from
- * CALL): kernel text", device). OSError picks the subclass by errno (PermissionError...). */
+/* The single error funnel: raise OSError(ERR, TEXT[, DEVICE]); OSError picks the subclass
+ * by errno (PermissionError...). ENOMEM is MemoryError. Always returns NULL. */
 static PyObject *
-set_error(int rc, const char *call, const struct errinfo *ei)
+raise_errno(int err, const char *text, PyObject *device)
 {
-    int err = -rc;
     if (err == ENOMEM)
         return PyErr_NoMemory();
-    PyObject *msg = PyUnicode_FromFormat("%s (originated from %s)%s%s", strerror(err), call,
-                                         ei->detail[0] ? ": " : "", ei->detail);
-    if (msg == NULL)
-        return NULL;
-    PyObject *exc;
-    if (ei->device[0])
-        exc = PyObject_CallFunction(PyExc_OSError, "iOs", err, msg, ei->device);
-    else
-        exc = PyObject_CallFunction(PyExc_OSError, "iO", err, msg);
-    Py_DECREF(msg);
+    PyObject *exc = device
+        ? PyObject_CallFunction(PyExc_OSError, "isO", err, text, device)
+        : PyObject_CallFunction(PyExc_OSError, "is", err, text);
     if (exc != NULL) {
         PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
         Py_DECREF(exc);
     }
+    return NULL;
+}
+
+/* -errno from the C core -> OSError(errno, "strerror (originated from CALL): kernel
+ * text", device). */
+static PyObject *
+set_error(int rc, const char *call, const struct errinfo *ei)
+{
+    char text[sizeof ei->detail + 128];
+    snprintf(text, sizeof text, "%s (originated from %s)%s%s", strerror(-rc), call,
+             ei->detail[0] ? ": " : "", ei->detail);
+    PyObject *device = ei->device[0] ? PyUnicode_DecodeFSDefault(ei->device) : NULL;
+    if (ei->device[0] && device == NULL)
+        return NULL;
+    raise_errno(-rc, text, device);
+    Py_XDECREF(device);
     return NULL;
 }
 
@@ -198,15 +206,7 @@ Qdisc_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         Py_DECREF(self);
-        if (-rc == ENOMEM)
-            return PyErr_NoMemory();
-        PyObject *exc = PyObject_CallFunction(PyExc_OSError, "isO", -rc,
-                                              strerror(-rc), device);
-        if (exc != NULL) {
-            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-            Py_DECREF(exc);
-        }
-        return NULL;
+        return raise_errno(-rc, strerror(-rc), device);
     }
     self->q = q;
     return (PyObject *)self;
@@ -477,12 +477,11 @@ py_plug_qdisc_attach(PyObject *module, PyObject *args)
     if (rc < 0) {
         if (!had_handle) {
             /* the failure was before a handle existed: name the device ourselves */
-            PyObject *exc = PyObject_CallFunction(PyExc_OSError, "iss", -rc,
-                                                  strerror(-rc), device);
-            if (exc != NULL) {
-                PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-                Py_DECREF(exc);
-            }
+            PyObject *dev = PyUnicode_DecodeFSDefault(device);
+            if (dev == NULL)
+                return NULL;
+            raise_errno(-rc, strerror(-rc), dev);
+            Py_DECREF(dev);
             return NULL;
         }
         return set_error(rc, "plug_qdisc_attach", &ei);
