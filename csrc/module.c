@@ -1,21 +1,24 @@
 /*
  * module.c - plugqdisc._plugqdisc: the only file that knows Python.
  *
- * Thin glue over plug_qdisc.[ch]: parse arguments, release the GIL around exactly
- * the library call, take it back and turn a negative errno into OSError(errno, ...).
- * Policy (defaults, messages, exception classes, context managers) is in plugqdisc/.
+ * Thin glue over plug_qdisc.[ch]: convert arguments, release the GIL around exactly
+ * the library call, take it back, and hand a failure's facts to Python through one
+ * funnel: OSError(errno, strerror) carrying the step, the kernel's text and what was
+ * found, as attributes. No words of ours here: plugqdisc/_errors.py owns the messages,
+ * plugqdisc/ the validation and the defaults.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <pthread.h>
 
 #include <errno.h>
+#include <limits.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "plug_qdisc.h"
 
-#define PQ_CLOSED 1 /* sentinel "rc": the object was closed, raise ValueError */
+#define PQ_CLOSED 1 /* sentinel "rc": the object is closed (or was never initialised) */
 
 typedef struct {
     PyTypeObject *qdisc_type;
@@ -23,7 +26,7 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    struct plug_qdisc *q;        /* NULL once closed */
+    struct plug_qdisc *q;        /* NULL before __init__ and once closed */
     /* Serialises every use of q: an nl_sock is not thread-safe. A plain pthread mutex:
      * CPython 3.11's PyThread lock reads the clock on every acquire, a syscall under UML. */
     pthread_mutex_t lock;
@@ -35,50 +38,64 @@ static pthread_mutex_t default_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned long default_lock_gen;
 
 /* What a failed call left in its handle, copied while the lock is still held: once it is
- * released another thread may overwrite the message or free the handle. */
+ * released another thread may overwrite it or free the handle. */
 struct errinfo {
-    char detail[512];
+    struct pq_error e;
     char device[32];
 };
 
 static int
-keep_error(const struct plug_qdisc *q, struct errinfo *ei)
+keep_error(const struct plug_qdisc *q, int rc, struct errinfo *ei)
 {
-    snprintf(ei->detail, sizeof ei->detail, "%s", q ? pq_last_message(q) : "");
+    ei->e = *pq_last_error(q);
+    if (ei->e.err == 0) {
+        /* A failure before the handle recorded anything (no handle; bad arguments). */
+        ei->e.err = -rc;
+        ei->e.step = rc == -ENOTCONN ? PQ_STEP_STATE : PQ_STEP_ARGS;
+    }
     snprintf(ei->device, sizeof ei->device, "%s", q ? pq_device(q) : "");
     return 0;
 }
 
-/* The single error funnel: raise OSError(ERR, TEXT[, DEVICE]); OSError picks the subclass
- * by errno (PermissionError...). ENOMEM is MemoryError. Always returns NULL. */
-static PyObject *
-raise_errno(int err, const char *text, PyObject *device)
+/* Set attribute NAME of EXC to VALUE (stolen). 0 or -1. */
+static int
+set_attr(PyObject *exc, const char *name, PyObject *value)
 {
-    if (err == ENOMEM)
-        return PyErr_NoMemory();
-    PyObject *exc = device
-        ? PyObject_CallFunction(PyExc_OSError, "isO", err, text, device)
-        : PyObject_CallFunction(PyExc_OSError, "is", err, text);
-    if (exc != NULL) {
-        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-        Py_DECREF(exc);
-    }
-    return NULL;
+    if (value == NULL)
+        return -1;
+    int rc = PyObject_SetAttrString(exc, name, value);
+    Py_DECREF(value);
+    return rc;
 }
 
-/* -errno from the C core -> OSError(errno, "strerror (originated from CALL): kernel
- * text", device). */
+/* The single error funnel: OSError(errno, strerror(errno)) with the facts as attributes
+ * (step, kernel_message, device, found_kind, found_handle, held, waited_ms,
+ * attach_errno, attach_step); OSError picks its subclass by errno. ENOMEM is MemoryError.
+ * Always returns NULL. */
 static PyObject *
-set_error(int rc, const char *call, const struct errinfo *ei)
+raise_error(const struct errinfo *ei)
 {
-    char text[sizeof ei->detail + 128];
-    snprintf(text, sizeof text, "%s (originated from %s)%s%s", strerror(-rc), call,
-             ei->detail[0] ? ": " : "", ei->detail);
-    PyObject *device = ei->device[0] ? PyUnicode_DecodeFSDefault(ei->device) : NULL;
-    if (ei->device[0] && device == NULL)
+    const struct pq_error *e = &ei->e;
+    if (e->err == ENOMEM)
+        return PyErr_NoMemory();
+    PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", e->err, strerror(e->err));
+    if (exc == NULL)
         return NULL;
-    raise_errno(-rc, text, device);
-    Py_XDECREF(device);
+    if (set_attr(exc, "step", PyUnicode_FromString(pq_step_name(e->step))) < 0 ||
+        set_attr(exc, "kernel_message", PyUnicode_DecodeUTF8(e->kernel, strlen(e->kernel),
+                                                             "replace")) < 0 ||
+        set_attr(exc, "device", PyUnicode_DecodeFSDefault(ei->device)) < 0 ||
+        set_attr(exc, "found_kind", PyUnicode_DecodeFSDefault(e->found_kind)) < 0 ||
+        set_attr(exc, "found_handle", PyLong_FromUnsignedLong(e->found_handle)) < 0 ||
+        set_attr(exc, "held", PyLong_FromUnsignedLongLong(e->held)) < 0 ||
+        set_attr(exc, "waited_ms", PyLong_FromUnsignedLong(e->waited_ms)) < 0 ||
+        set_attr(exc, "attach_errno", PyLong_FromLong(e->attach_err)) < 0 ||
+        set_attr(exc, "attach_step", PyUnicode_FromString(pq_step_name(e->attach_step))) < 0) {
+        Py_DECREF(exc);
+        return NULL;
+    }
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
     return NULL;
 }
 
@@ -97,7 +114,7 @@ fresh_lock(pthread_mutex_t *lock, unsigned long *owner)
 }
 
 /* Run CALL on self->q with the GIL released and the object's lock held; on failure
- * copy the handle's message into *EI before letting go of the lock. */
+ * copy the handle's facts into *EI before letting go of the lock. */
 #define LOCKED(self, rc, call, ei)                                              \
     do {                                                                        \
         pthread_mutex_t *lk_ = fresh_lock(&(self)->lock, &(self)->lock_gen);    \
@@ -105,11 +122,12 @@ fresh_lock(pthread_mutex_t *lock, unsigned long *owner)
         pthread_mutex_lock(lk_);                                                \
         rc = (self)->q ? (call) : PQ_CLOSED;                                    \
         if (rc < 0)                                                             \
-            keep_error((self)->q, (ei));                                        \
+            keep_error((self)->q, rc, (ei));                                    \
         pthread_mutex_unlock(lk_);                                              \
         Py_END_ALLOW_THREADS                                                    \
     } while (0)
 
+/* A closed object is a plain ValueError, outside the errno channel. */
 static PyObject *
 closed_error(void)
 {
@@ -118,104 +136,109 @@ closed_error(void)
 }
 
 static PyObject *
-result(int rc, const char *call, const struct errinfo *ei)
+result(int rc, const struct errinfo *ei)
 {
     if (rc == PQ_CLOSED)
         return closed_error();
     if (rc < 0)
-        return set_error(rc, call, ei);
+        return raise_error(ei);
     Py_RETURN_NONE;
 }
 
-/* "O&" converter: a Python int in [0, 2**32). */
+/* "O&" converter: a Python int that fits 32 bits unsigned (the policy layer has checked
+ * the range and said what to do; this only refuses what C cannot hold). */
 static int
 to_u32(PyObject *o, void *out)
 {
-    if (!PyLong_Check(o) || PyBool_Check(o)) {
-        PyErr_Format(PyExc_TypeError, "expected an int, not %.100s", Py_TYPE(o)->tp_name);
+    unsigned long v = PyLong_AsUnsignedLong(o);
+    if (v == (unsigned long)-1 && PyErr_Occurred())
         return 0;
-    }
-    unsigned long long v = PyLong_AsUnsignedLongLong(o);
-    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        PyErr_SetString(PyExc_ValueError, "must be in the range 0 to 2**32-1");
-        return 0;
-    }
     if (v > UINT32_MAX) {
-        PyErr_SetString(PyExc_ValueError, "must be in the range 0 to 2**32-1");
+        PyErr_SetString(PyExc_OverflowError, "Python int too large to convert to C uint32");
         return 0;
     }
     *(uint32_t *)out = (uint32_t)v;
     return 1;
 }
 
+/* A Python int that fits a C int, in *OUT. 0 (OverflowError, TypeError) or 1. */
+static int
+to_int(PyObject *o, int *out)
+{
+    long v = PyLong_AsLong(o);
+    if (v == -1 && PyErr_Occurred())
+        return 0;
+    if (v < INT_MIN || v > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "Python int too large to convert to C int");
+        return 0;
+    }
+    *out = (int)v;
+    return 1;
+}
+
 /* ---- the Qdisc type ---- */
 
 PyDoc_STRVAR(Qdisc_doc,
-"Qdisc(device, parent, handle, limit, netns_fd)\n--\n\n"
-"A plug qdisc place and its own netlink socket (pq_open). device is a name or an\n"
-"ifindex; parent and handle are 32-bit tc handles; limit is in bytes, 0 for the\n"
-"device's default; netns_fd is -1 or a network namespace fd (duplicated).\n"
-"Opening looks the device up (one RTM_GETLINK) and touches no qdisc.");
+"Qdisc(device, parent, handle, limit)\n--\n\n"
+"A plug qdisc place (pq_new): device is a name or an ifindex; parent and handle are\n"
+"32-bit tc handles; limit is in bytes, 0 for the device's default. Constructing does\n"
+"no I/O; the first _attach() takes the namespace, opens the socket and finds the\n"
+"device. Subclassable; plugqdisc.PlugQdisc is the public face.");
 
 static PyObject *
 Qdisc_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"device", "parent", "handle", "limit", "netns_fd", NULL};
-    PyObject *device;
-    uint32_t parent, handle, limit;
-    int netns_fd;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO&O&O&i:Qdisc", kwlist, &device, to_u32,
-                                     &parent, to_u32, &handle, to_u32, &limit, &netns_fd))
-        return NULL;
-    const char *name = NULL;
-    int ifindex = 0;
-    if (PyUnicode_Check(device)) {
-        Py_ssize_t n;
-        name = PyUnicode_AsUTF8AndSize(device, &n);
-        if (name == NULL)
-            return NULL;
-        if (n == 0 || (size_t)n != strlen(name)) {
-            PyErr_SetString(PyExc_ValueError, "device name is empty or contains a NUL");
-            return NULL;
-        }
-    } else if (PyLong_Check(device) && !PyBool_Check(device)) {
-        long v = PyLong_AsLong(device);
-        if (v == -1 && PyErr_Occurred())
-            return NULL;
-        if (v <= 0 || v > INT32_MAX) {
-            PyErr_SetString(PyExc_ValueError, "ifindex must be a positive int");
-            return NULL;
-        }
-        ifindex = (int)v;
-    } else {
-        PyErr_Format(PyExc_TypeError, "device must be a str or an int ifindex, not %.100s",
-                     Py_TYPE(device)->tp_name);
-        return NULL;
-    }
-
+    (void)args;
+    (void)kwds;
     QdiscObject *self = (QdiscObject *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
+    self->q = NULL;
     pthread_mutex_init(&self->lock, NULL);
     self->lock_gen = pq_fork_generation();
+    return (PyObject *)self;
+}
+
+static int
+Qdisc_init(QdiscObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"device", "parent", "handle", "limit", NULL};
+    PyObject *device;
+    uint32_t parent, handle, limit;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO&O&O&:Qdisc", kwlist, &device, to_u32,
+                                     &parent, to_u32, &handle, to_u32, &limit))
+        return -1;
+    const char *name = NULL;
+    int ifindex = 0;
+    if (PyUnicode_Check(device)) {
+        name = PyUnicode_AsUTF8(device);
+        if (name == NULL)
+            return -1;
+    } else {
+        if (!to_int(device, &ifindex))
+            return -1;
+    }
+    if (self->q != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Qdisc.__init__ called twice");
+        return -1;
+    }
     struct plug_qdisc *q = NULL;
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = pq_open(&q, name, ifindex, parent, handle, limit, netns_fd);
-    Py_END_ALLOW_THREADS
+    int rc = pq_new(&q, name, ifindex, parent, handle, limit);
     if (rc < 0) {
-        Py_DECREF(self);
-        return raise_errno(-rc, strerror(-rc), device);
+        struct errinfo ei;
+        keep_error(NULL, rc, &ei);
+        raise_error(&ei);
+        return -1;
     }
     self->q = q;
-    return (PyObject *)self;
+    return 0;
 }
 
 static void
 Qdisc_dealloc(QdiscObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
     pq_close(self->q); /* frees memory and the socket; no netlink traffic */
     self->q = NULL;
     pthread_mutex_destroy(&self->lock);
@@ -223,29 +246,50 @@ Qdisc_dealloc(QdiscObject *self)
     Py_DECREF(tp);
 }
 
-PyDoc_STRVAR(attach_doc, "attach($self, replace, /)\n--\n\n"
-"Create the plug qdisc, or adopt ours already there (pq_attach); then release it.");
-static PyObject *
-Qdisc_attach(QdiscObject *self, PyObject *arg)
+static int
+Qdisc_traverse(QdiscObject *self, visitproc visit, void *arg)
 {
-    int replace = PyObject_IsTrue(arg);
-    if (replace < 0)
+    Py_VISIT(Py_TYPE(self));
+    return 0;
+}
+
+PyDoc_STRVAR(attach_doc, "_attach($self, replace, netns_fd, /)\n--\n\n"
+"Create the plug qdisc, or adopt ours already there (pq_attach); then release it.\n"
+"netns_fd >= 0: the namespace to work in, used by the first attach only.");
+
+/* The body of attach under the lock: the namespace (first time only), then the attach. */
+static int
+attach_in(struct plug_qdisc *q, int replace, int netns_fd)
+{
+    if (netns_fd >= 0 && !pq_connected(q)) {
+        int rc = pq_set_netns(q, netns_fd);
+        if (rc < 0)
+            return rc;
+    }
+    return pq_attach(q, replace);
+}
+
+static PyObject *
+Qdisc_attach(QdiscObject *self, PyObject *args)
+{
+    int replace, netns_fd;
+    if (!PyArg_ParseTuple(args, "pi:_attach", &replace, &netns_fd))
         return NULL;
     int rc;
     struct errinfo ei;
-    LOCKED(self, rc, pq_attach(self->q, replace), &ei);
-    return result(rc, "pq_attach", &ei);
+    LOCKED(self, rc, attach_in(self->q, replace, netns_fd), &ei);
+    return result(rc, &ei);
 }
 
 #define SIMPLE_METHOD(name, call, doc)                                \
-    PyDoc_STRVAR(name##_doc, #name "($self, /)\n--\n\n" doc);          \
+    PyDoc_STRVAR(name##_doc, "_" #name "($self, /)\n--\n\n" doc);          \
     static PyObject *Qdisc_##name(QdiscObject *self, PyObject *unused) \
     {                                                                 \
         (void)unused;                                                 \
         int rc;                                                       \
         struct errinfo ei;                                            \
         LOCKED(self, rc, call(self->q), &ei);                         \
-        return result(rc, #call, &ei);                                \
+        return result(rc, &ei);                                       \
     }
 
 SIMPLE_METHOD(buffer, pq_buffer, "Hold from now on; start a new epoch (TCQ_PLUG_BUFFER).")
@@ -254,7 +298,7 @@ SIMPLE_METHOD(release_one, pq_release_one,
 SIMPLE_METHOD(release_indefinite, pq_release_indefinite,
               "Release everything and pass traffic (TCQ_PLUG_RELEASE_INDEFINITE).")
 
-PyDoc_STRVAR(set_limit_doc, "set_limit($self, nbytes, /)\n--\n\nSet the limit in bytes (TCQ_PLUG_LIMIT).");
+PyDoc_STRVAR(set_limit_doc, "_set_limit($self, nbytes, /)\n--\n\nSet the limit in bytes (TCQ_PLUG_LIMIT).");
 static PyObject *
 Qdisc_set_limit(QdiscObject *self, PyObject *arg)
 {
@@ -264,10 +308,10 @@ Qdisc_set_limit(QdiscObject *self, PyObject *arg)
     int rc;
     struct errinfo ei;
     LOCKED(self, rc, pq_set_limit(self->q, limit), &ei);
-    return result(rc, "pq_set_limit", &ei);
+    return result(rc, &ei);
 }
 
-PyDoc_STRVAR(stats_doc, "stats($self, /)\n--\n\n"
+PyDoc_STRVAR(stats_doc, "_stats($self, /)\n--\n\n"
 "(packets, bytes, qlen, backlog, drops, overlimits, requeues) from one RTM_GETQDISC.");
 static PyObject *
 Qdisc_stats(QdiscObject *self, PyObject *unused)
@@ -278,28 +322,25 @@ Qdisc_stats(QdiscObject *self, PyObject *unused)
     struct errinfo ei;
     LOCKED(self, rc, pq_get_stats(self->q, &st), &ei);
     if (rc != 0)
-        return result(rc, "pq_get_stats", &ei);
+        return result(rc, &ei);
     return Py_BuildValue("(KKKKKKK)", (unsigned long long)st.packets,
                          (unsigned long long)st.bytes, (unsigned long long)st.qlen,
                          (unsigned long long)st.backlog, (unsigned long long)st.drops,
                          (unsigned long long)st.overlimits, (unsigned long long)st.requeues);
 }
 
-PyDoc_STRVAR(detach_doc, "detach($self, timeout_ms, /)\n--\n\n"
+PyDoc_STRVAR(detach_doc, "_detach($self, timeout_ms, /)\n--\n\n"
 "Release, wait up to timeout_ms for the backlog to drain, delete (pq_detach).");
 static PyObject *
 Qdisc_detach(QdiscObject *self, PyObject *arg)
 {
-    long timeout_ms = PyLong_Check(arg) ? PyLong_AsLong(arg) : -1;
-    if (timeout_ms < 0 || timeout_ms > INT32_MAX) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "timeout_ms must be an int from 0 to 2**31-1");
+    int timeout_ms;
+    if (!to_int(arg, &timeout_ms))
         return NULL;
-    }
     int rc;
     struct errinfo ei;
-    LOCKED(self, rc, pq_detach(self->q, (int)timeout_ms), &ei);
-    return result(rc, "pq_detach", &ei);
+    LOCKED(self, rc, pq_detach(self->q, timeout_ms), &ei);
+    return result(rc, &ei);
 }
 
 PyDoc_STRVAR(close_doc, "close($self, /)\n--\n\n"
@@ -322,10 +363,10 @@ Qdisc_close(QdiscObject *self, PyObject *unused)
 
 /* Getters: what the handle last sent or learnt, copied under the lock so that a
  * concurrent close() cannot free the handle while we read it. */
-enum { G_IFINDEX, G_DEVICE, G_LIMIT, G_BUFFERING, G_CREATED, G_ATTACHED };
+enum { G_IFINDEX, G_DEVICE, G_LIMIT, G_BUFFERING, G_CREATED, G_ATTACHED, G_CONNECTED };
 
 struct snapshot {
-    long ifindex, buffering, created, attached;
+    long ifindex, buffering, created, attached, connected;
     unsigned long limit;
     char device[32];
 };
@@ -338,6 +379,7 @@ take_snapshot(const struct plug_qdisc *q, struct snapshot *s)
     s->buffering = pq_is_buffering(q);
     s->created = pq_created(q);
     s->attached = pq_attached(q);
+    s->connected = pq_connected(q);
     snprintf(s->device, sizeof s->device, "%s", pq_device(q));
     return 0;
 }
@@ -349,15 +391,28 @@ Qdisc_get(QdiscObject *self, void *which)
     struct errinfo ei;
     int rc;
     LOCKED(self, rc, take_snapshot(self->q, &s), &ei);
-    if (rc == PQ_CLOSED)
-        return closed_error();
+    if (rc == PQ_CLOSED) {
+        /* A closed object answers "nothing": False, 0, None. */
+        memset(&s, 0, sizeof s);
+    }
     switch ((intptr_t)which) {
     case G_DEVICE:
+        /* the kernel's name once found; before, the name or the index as given */
+        if (!s.device[0] && s.ifindex)
+            return PyLong_FromLong(s.ifindex);
+        if (!s.device[0])
+            Py_RETURN_NONE;
         return PyUnicode_DecodeFSDefault(s.device);
     case G_IFINDEX:
+        if (!s.connected)
+            Py_RETURN_NONE;
         return PyLong_FromLong(s.ifindex);
     case G_LIMIT:
+        if (!s.limit)
+            Py_RETURN_NONE; /* the device's default, not known before the first attach */
         return PyLong_FromUnsignedLong(s.limit);
+    case G_CONNECTED:
+        return PyBool_FromLong(s.connected);
     case G_BUFFERING:
         return PyBool_FromLong(s.buffering);
     case G_CREATED:
@@ -375,22 +430,27 @@ Qdisc_get_closed(QdiscObject *self, void *unused)
 }
 
 static PyMethodDef Qdisc_methods[] = {
-    {"attach", (PyCFunction)Qdisc_attach, METH_O, attach_doc},
-    {"buffer", (PyCFunction)Qdisc_buffer, METH_NOARGS, buffer_doc},
-    {"release_one", (PyCFunction)Qdisc_release_one, METH_NOARGS, release_one_doc},
-    {"release_indefinite", (PyCFunction)Qdisc_release_indefinite, METH_NOARGS,
+    {"_attach", (PyCFunction)Qdisc_attach, METH_VARARGS, attach_doc},
+    {"_buffer", (PyCFunction)Qdisc_buffer, METH_NOARGS, buffer_doc},
+    {"_release_one", (PyCFunction)Qdisc_release_one, METH_NOARGS, release_one_doc},
+    {"_release_indefinite", (PyCFunction)Qdisc_release_indefinite, METH_NOARGS,
      release_indefinite_doc},
-    {"set_limit", (PyCFunction)Qdisc_set_limit, METH_O, set_limit_doc},
-    {"stats", (PyCFunction)Qdisc_stats, METH_NOARGS, stats_doc},
-    {"detach", (PyCFunction)Qdisc_detach, METH_O, detach_doc},
+    {"_set_limit", (PyCFunction)Qdisc_set_limit, METH_O, set_limit_doc},
+    {"_stats", (PyCFunction)Qdisc_stats, METH_NOARGS, stats_doc},
+    {"_detach", (PyCFunction)Qdisc_detach, METH_O, detach_doc},
     {"close", (PyCFunction)Qdisc_close, METH_NOARGS, close_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef Qdisc_getset[] = {
-    {"ifindex", (getter)Qdisc_get, NULL, "the device's ifindex", (void *)G_IFINDEX},
-    {"device", (getter)Qdisc_get, NULL, "the device's name", (void *)G_DEVICE},
-    {"limit", (getter)Qdisc_get, NULL, "the limit in force, in bytes", (void *)G_LIMIT},
+    {"ifindex", (getter)Qdisc_get, NULL, "the device's ifindex (None before the first attach)",
+     (void *)G_IFINDEX},
+    {"device", (getter)Qdisc_get, NULL, "the device's name (the kernel's once attached; "
+     "before, as given)", (void *)G_DEVICE},
+    {"limit", (getter)Qdisc_get, NULL, "the limit in bytes (None: the device's default, not "
+     "known before the first attach)", (void *)G_LIMIT},
+    {"connected", (getter)Qdisc_get, NULL, "whether the device was found (first attach)",
+     (void *)G_CONNECTED},
     {"is_buffering", (getter)Qdisc_get, NULL, "whether we last told it to hold",
      (void *)G_BUFFERING},
     {"created", (getter)Qdisc_get, NULL, "whether our attach created the qdisc",
@@ -403,7 +463,9 @@ static PyGetSetDef Qdisc_getset[] = {
 
 static PyType_Slot Qdisc_slots[] = {
     {Py_tp_new, Qdisc_new},
+    {Py_tp_init, Qdisc_init},
     {Py_tp_dealloc, Qdisc_dealloc},
+    {Py_tp_traverse, Qdisc_traverse},
     {Py_tp_methods, Qdisc_methods},
     {Py_tp_getset, Qdisc_getset},
     {Py_tp_doc, (void *)Qdisc_doc},
@@ -413,80 +475,62 @@ static PyType_Slot Qdisc_slots[] = {
 static PyType_Spec Qdisc_spec = {
     .name = "plugqdisc._plugqdisc.Qdisc",
     .basicsize = sizeof(QdiscObject),
-    .flags = Py_TPFLAGS_DEFAULT,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .slots = Qdisc_slots,
 };
 
 /* ---- module functions ---- */
 
 PyDoc_STRVAR(parse_handle_doc, "parse_handle(text, /)\n--\n\n"
-"'root', 'none', 'MAJ:' or 'MAJ:MIN' (hex) -> 32-bit tc handle; ValueError otherwise.");
+"'root', 'none', 'MAJ:' or 'MAJ:MIN' (hex) -> 32-bit tc handle; None if it is none of them.");
 static PyObject *
 parse_handle(PyObject *module, PyObject *arg)
 {
     (void)module;
-    if (!PyUnicode_Check(arg)) {
-        PyErr_Format(PyExc_TypeError, "a tc handle must be a str like '1:', not %.100s",
-                     Py_TYPE(arg)->tp_name);
-        return NULL;
-    }
     Py_ssize_t n;
     const char *text = PyUnicode_AsUTF8AndSize(arg, &n);
     if (text == NULL)
         return NULL;
     uint32_t h;
-    if ((size_t)n != strlen(text) || pq_parse_handle(text, &h) < 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "%R is not a tc handle: use 'root' or 'MAJ:' / 'MAJ:MIN' in hex, each "
-                     "part at most ffff (for example '1:' or '1:2')", arg);
-        return NULL;
-    }
+    if ((size_t)n != strlen(text) || pq_parse_handle(text, &h) < 0)
+        Py_RETURN_NONE;
     return PyLong_FromUnsignedLong(h);
 }
 
 /* Run one HAProxy-compatible call under the default handle's lock, GIL released; on
- * failure copy the default handle's message (if it has one) before unlocking. */
-#define DEFAULT_CALL(rc, call, ei, had_handle)                                     \
+ * failure copy the default handle's facts (if there is a handle) before unlocking. */
+#define DEFAULT_CALL(rc, call, ei)                                                 \
     do {                                                                           \
         pthread_mutex_t *lk_ = fresh_lock(&default_lock, &default_lock_gen);       \
         Py_BEGIN_ALLOW_THREADS                                                     \
         pthread_mutex_lock(lk_);                                                   \
         rc = (call);                                                               \
-        had_handle = plug_qdisc_default_handle() != NULL;                          \
         if (rc < 0)                                                                \
-            keep_error(plug_qdisc_default_handle(), (ei));                         \
+            keep_error(plug_qdisc_default_handle(), rc, (ei));                     \
         pthread_mutex_unlock(lk_);                                                 \
         Py_END_ALLOW_THREADS                                                       \
     } while (0)
 
-PyDoc_STRVAR(plug_qdisc_attach_doc, "plug_qdisc_attach(device, parent, id, limit, /)\n--\n\n"
-"The HAProxy helper's plug_qdisc_attach() on the process-wide default handle.");
+PyDoc_STRVAR(plug_qdisc_attach_doc, "plug_qdisc_attach(device, parent, handle, limit, /)\n--\n\n"
+"The HAProxy helper's plug_qdisc_attach() on the process-wide default handle, with the\n"
+"place already parsed (parent and handle as 32-bit tc handles).");
 static PyObject *
 py_plug_qdisc_attach(PyObject *module, PyObject *args)
 {
     (void)module;
-    const char *device, *parent, *id;
-    uint32_t limit;
-    if (!PyArg_ParseTuple(args, "sssO&:plug_qdisc_attach", &device, &parent, &id, to_u32,
-                          &limit))
+    PyObject *device;
+    uint32_t parent, handle, limit;
+    if (!PyArg_ParseTuple(args, "O&O&O&O&:plug_qdisc_attach", PyUnicode_FSConverter, &device,
+                          to_u32, &parent, to_u32, &handle, to_u32, &limit))
         return NULL;
-    int rc, had_handle;
+    int rc;
     struct errinfo ei;
-    DEFAULT_CALL(rc, plug_qdisc_attach((char *)device, (char *)parent, (char *)id, limit),
-                 &ei, had_handle);
-    if (rc < 0) {
-        if (!had_handle) {
-            /* the failure was before a handle existed: name the device ourselves */
-            PyObject *dev = PyUnicode_DecodeFSDefault(device);
-            if (dev == NULL)
-                return NULL;
-            raise_errno(-rc, strerror(-rc), dev);
-            Py_DECREF(dev);
-            return NULL;
-        }
-        return set_error(rc, "plug_qdisc_attach", &ei);
-    }
-    Py_RETURN_NONE;
+    const char *name = PyBytes_AS_STRING(device);
+    DEFAULT_CALL(rc, plug_qdisc_attach_at(name, parent, handle, limit), &ei);
+    if (rc < 0 && !ei.device[0])
+        snprintf(ei.device, sizeof ei.device, "%s", name);
+    Py_DECREF(device);
+    return result(rc, &ei);
 }
 
 #define DEFAULT_FUNCTION(name, doc)                                          \
@@ -495,13 +539,10 @@ py_plug_qdisc_attach(PyObject *module, PyObject *args)
     {                                                                        \
         (void)module;                                                        \
         (void)unused;                                                        \
-        int rc, had_handle_;                                                 \
+        int rc;                                                              \
         struct errinfo ei;                                                   \
-        DEFAULT_CALL(rc, name(), &ei, had_handle_);                          \
-        (void)had_handle_;                                                   \
-        if (rc < 0)                                                          \
-            return set_error(rc, #name, &ei);                                \
-        Py_RETURN_NONE;                                                      \
+        DEFAULT_CALL(rc, name(), &ei);                                       \
+        return result(rc, &ei);                                              \
     }
 
 DEFAULT_FUNCTION(plug_qdisc_plug_buffer, "The HAProxy helper's plug_qdisc_plug_buffer().")

@@ -4,7 +4,13 @@
  * See plug_qdisc.h for the contract. Every kernel error is taken from the kernel's own
  * struct nlmsgerr (through a custom error callback), never through libnl's lossy NLE_*
  * mapping; NLE_* codes only ever describe libnl's own failures (out of memory, ...).
- * Nothing here prints, exits or aborts; nl_cli_* is never used (it exits on bad input).
+ * A failure leaves facts in the handle (step, errno, the kernel's text, what was found),
+ * never sentences: the words are the caller's. Nothing here prints, exits or aborts;
+ * nl_cli_* is never used (it exits on bad input).
+ *
+ * Each request is one sendmsg and one recvmsg: the socket does not peek to size its
+ * buffer (libnl's default costs a second recvmsg), since an ack, an error or one qdisc
+ * fits the buffer set once. Only the device lookup, whose reply can be large, peeks.
  */
 #define _GNU_SOURCE
 #include "plug_qdisc.h"
@@ -13,7 +19,6 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,35 +48,64 @@
 #define SOL_NETLINK 270
 #endif
 
-#define PQ_MSG_MAX 256
 /* The kernel's hard_header_len is not in netlink; Ethernet and loopback both use 14. */
 #define PQ_ETH_HLEN 14
 /* Stand-in queue length when tx_queue_len is 0 (a 0 limit would drop everything). */
 #define PQ_DEFAULT_TXQLEN 1000
+/* Receive buffer without peeking: an ack (capped), an error with its TLVs, or one qdisc
+ * with its statistics is a few hundred bytes. */
+#define PQ_RECV_BUF 16384
 
 struct plug_qdisc {
     struct nl_sock *sk;
     unsigned long sk_gen;      /* pq_fork_generation() when sk was made: forked if it moved */
-    int netns_fd;              /* our dup of the caller's netns fd, or -1 */
+    int netns_fd;              /* our namespace (given, or the first connecting thread's) */
+    int connected;             /* namespace taken and device looked up */
     int ifindex;
     char device[IFNAMSIZ];
     uint32_t parent;
     uint32_t handle;
-    uint32_t limit;            /* limit in force (what we last sent) */
-    uint32_t default_limit;    /* the device's default, computed at open */
-    int limit_explicit;        /* the caller gave a limit at open */
+    uint32_t limit;            /* limit in force (what we last sent); 0 before connect */
+    uint32_t asked_limit;      /* the caller's limit, 0 for the device's default */
+    uint32_t default_limit;    /* the device's default, computed at connect */
     int is_buffering;
     int created;
     int attached;
     int kerr;                  /* errno from the kernel's last nlmsgerr, 0 if none */
-    char msg[PQ_MSG_MAX];      /* pq_last_message */
+    struct pq_error e;         /* the last call's failure */
 };
 
 /* The one global: the handle behind the HAProxy-compatible API. */
 static struct plug_qdisc *default_handle;
 
 /* ------------------------------------------------------------------------------------ */
-/* errors and messages                                                                  */
+/* errors: facts only                                                                   */
+
+static const char *const step_names[PQ_STEP_COUNT] = {
+    [PQ_STEP_NONE] = "none",
+    [PQ_STEP_ARGS] = "check_arguments",
+    [PQ_STEP_STATE] = "not_attached",
+    [PQ_STEP_NETNS] = "enter_netns",
+    [PQ_STEP_SOCKET] = "open_socket",
+    [PQ_STEP_DEVICE] = "find_device",
+    [PQ_STEP_INSPECT] = "inspect",
+    [PQ_STEP_OCCUPIED] = "occupied",
+    [PQ_STEP_PARENT] = "find_parent",
+    [PQ_STEP_CREATE] = "create",
+    [PQ_STEP_ADOPT] = "adopt",
+    [PQ_STEP_REMOVE_OTHER] = "remove_other",
+    [PQ_STEP_CHANGE] = "change",
+    [PQ_STEP_STATS] = "read_stats",
+    [PQ_STEP_DRAIN] = "drain",
+    [PQ_STEP_DELETE] = "delete",
+};
+
+const char *pq_step_name(enum pq_step step)
+{
+    if ((int)step < 0 || step >= PQ_STEP_COUNT)
+        return "unknown";
+    return step_names[step];
+}
 
 /* Map a libnl NLE_* code (either sign) to a negative errno. Returns the -errno. */
 static int nle_to_errno(int nle)
@@ -93,6 +127,7 @@ static int nle_to_errno(int nle)
     case NLE_OPNOTSUPP:     return -EOPNOTSUPP;
     case NLE_RANGE:         return -ERANGE;
     case NLE_MSGSIZE:       return -EMSGSIZE;
+    case NLE_MSG_TRUNC:     return -EMSGSIZE;
     case NLE_BAD_SOCK:      return -EBADF;
     case NLE_AF_NOSUPPORT:  return -EAFNOSUPPORT;
     default:                return -EIO;
@@ -110,50 +145,32 @@ static int nl_result(struct plug_qdisc *q, int nlerr)
     return nle_to_errno(nlerr);
 }
 
-/* Replace the handle's message with a formatted one. */
-static void set_msg(struct plug_qdisc *q, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void set_msg(struct plug_qdisc *q, const char *fmt, ...)
+/* Record that the call failed with ERR (negative) at STEP; the kernel's text, if any, is
+ * already in q->e.kernel. Returns ERR. */
+static int fail(struct plug_qdisc *q, enum pq_step step, int err)
 {
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(q->msg, sizeof(q->msg), fmt, ap);
-    va_end(ap);
-}
-
-/* Append TEXT to the handle's message, as far as it fits. */
-static void append_msg(struct plug_qdisc *q, const char *text)
-{
-    size_t n = strlen(q->msg);
-
-    snprintf(q->msg + n, sizeof(q->msg) - n, "%s", text);
-}
-
-/* Write a tc handle as tc does ("root", "1:", "1:2") into BUF. Returns BUF. */
-static const char *fmt_handle(uint32_t h, char *buf, size_t len)
-{
-    if (h == TC_H_ROOT)
-        snprintf(buf, len, "root");
-    else if (TC_H_MIN(h) == 0)
-        snprintf(buf, len, "%x:", TC_H_MAJ(h) >> 16);
-    else
-        snprintf(buf, len, "%x:%x", TC_H_MAJ(h) >> 16, TC_H_MIN(h));
-    return buf;
-}
-
-/* Describe a failed request: "<what> on <dev> (plug X: at P): <kernel text or strerror>".
- * Keeps the kernel's extack text (already in q->msg) when there is one. Returns ERR. */
-static int fail_msg(struct plug_qdisc *q, int err, const char *what)
-{
-    char kernel[PQ_MSG_MAX], h[16], p[16], ebuf[64];
-    const char *why;
-
-    snprintf(kernel, sizeof(kernel), "%s", q->msg);
-    why = kernel[0] ? kernel : strerror_r(-err, ebuf, sizeof(ebuf));
-    set_msg(q, "%s on %s (plug %s at %s): %s", what, q->device,
-            fmt_handle(q->handle, h, sizeof(h)), fmt_handle(q->parent, p, sizeof(p)), why);
+    q->e.err = -err;
+    q->e.step = step;
     return err;
+}
+
+/* Forget the previous request's kernel error before sending a new one. */
+static void clear_kerr(struct plug_qdisc *q)
+{
+    q->kerr = 0;
+    q->e.kernel[0] = '\0';
+}
+
+/* Start a public call: no failure yet. The facts of the last failed attach stay. */
+static void reset_error(struct plug_qdisc *q)
+{
+    int attach_err = q->e.attach_err;
+    enum pq_step attach_step = q->e.attach_step;
+
+    memset(&q->e, 0, sizeof(q->e));
+    q->e.attach_err = attach_err;
+    q->e.attach_step = attach_step;
+    q->kerr = 0;
 }
 
 /* libnl error callback: keep the kernel's errno and extack text in the handle and stop
@@ -181,25 +198,19 @@ static int on_nlmsgerr(struct sockaddr_nl *nla, struct nlmsgerr *e, void *arg)
     tlvs = (const char *)e + skip;
     a = nla_find((const struct nlattr *)tlvs, (int)len, NLMSGERR_ATTR_MSG);
     if (a && nla_len(a) > 0) {
+        char *k = q->e.kernel;
         int n = nla_len(a);
 
-        if (n > (int)sizeof(q->msg) - 1)
-            n = (int)sizeof(q->msg) - 1;
-        memcpy(q->msg, nla_data(a), (size_t)n);
-        q->msg[n] = '\0';
-        /* The kernel's text ends with a NUL, sometimes a newline; keep it one line. */
-        n = (int)strlen(q->msg);
-        while (n > 0 && (q->msg[n - 1] == '\n' || q->msg[n - 1] == ' '))
-            q->msg[--n] = '\0';
+        if (n > (int)sizeof(q->e.kernel) - 1)
+            n = (int)sizeof(q->e.kernel) - 1;
+        memcpy(k, nla_data(a), (size_t)n);
+        k[n] = '\0';
+        /* The kernel's text ends with a NUL, sometimes a newline: no trailing space. */
+        n = (int)strlen(k);
+        while (n > 0 && (k[n - 1] == '\n' || k[n - 1] == ' '))
+            k[--n] = '\0';
     }
     return NL_STOP;
-}
-
-/* Forget the previous request's error before sending a new one. */
-static void clear_kerr(struct plug_qdisc *q)
-{
-    q->kerr = 0;
-    q->msg[0] = '\0';
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -230,7 +241,7 @@ unsigned long pq_fork_generation(void)
 /* the socket                                                                           */
 
 /* Allocate and connect a NETLINK_ROUTE socket in the current thread's namespace, with
- * extended acks, capped acks and our error callback. 0 or -errno; *out set on success. */
+ * extended acks, capped acks, our error callback and no peeking. 0 or -errno. */
 static int connect_here(struct plug_qdisc *q, struct nl_sock **out)
 {
     struct nl_sock *sk;
@@ -249,10 +260,13 @@ static int connect_here(struct plug_qdisc *q, struct nl_sock **out)
     (void)setsockopt(fd, SOL_NETLINK, NETLINK_EXT_ACK, &one, sizeof(one));
     (void)setsockopt(fd, SOL_NETLINK, NETLINK_CAP_ACK, &one, sizeof(one));
     err = nl_socket_modify_err_cb(sk, NL_CB_CUSTOM, on_nlmsgerr, q);
+    if (err == 0)
+        err = nl_socket_set_msg_buf_size(sk, PQ_RECV_BUF);
     if (err < 0) {
         nl_socket_free(sk);
         return nle_to_errno(err);
     }
+    nl_socket_disable_msg_peek(sk);
     *out = sk;
     return 0;
 }
@@ -266,54 +280,99 @@ static int same_file(int a, int b)
            sa.st_ino == sb.st_ino;
 }
 
-/* Make the handle's socket, in its namespace if it has one (the socket keeps the
- * namespace it was created in; the thread is switched back before returning, also on
- * error). 0 or -errno. */
+/* Make the handle's socket in its namespace (the socket keeps the namespace it was made
+ * in; the thread is switched back before returning, also on error). 0 or -errno, with the
+ * step recorded. */
 static int make_socket(struct plug_qdisc *q)
 {
     struct nl_sock *sk = NULL;
-    int saved, err, err2;
+    int saved, err;
 
     saved = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
     if (saved < 0)
-        return -errno;
-    if (q->netns_fd < 0 || same_file(saved, q->netns_fd)) {
+        return fail(q, PQ_STEP_NETNS, -errno);
+    if (same_file(saved, q->netns_fd)) {
         /* Already there: no setns, which would need CAP_SYS_ADMIN. */
         err = connect_here(q, &sk);
         close(saved);
+        if (err < 0)
+            return fail(q, PQ_STEP_SOCKET, err);
     } else {
         if (setns(q->netns_fd, CLONE_NEWNET) < 0) {
             err = -errno;
             close(saved);
-            return err;
+            return fail(q, PQ_STEP_NETNS, err);
         }
         err = connect_here(q, &sk);
         if (setns(saved, CLONE_NEWNET) < 0) {
             /* Should not happen (we came from there). If it does, the thread is left in
-             * the other namespace: the error at least says so. */
-            err2 = -errno;
+             * the other namespace, and the step says so. */
+            int back = -errno;
+
             if (sk)
                 nl_socket_free(sk);
-            sk = NULL;
-            if (err == 0)
-                err = err2;
+            close(saved);
+            return fail(q, PQ_STEP_NETNS, back);
         }
         close(saved);
+        if (err < 0)
+            return fail(q, PQ_STEP_SOCKET, err);
     }
-    if (err < 0)
-        return err;
     q->sk = sk;
     q->sk_gen = pq_fork_generation();
     return 0;
 }
 
-/* Start an operation: clear the last error and, in a forked child, replace the socket
- * inherited from the parent by one of our own (same namespace). 0 or -errno. */
-static int begin(struct plug_qdisc *q)
+/* Look the device up with one RTM_GETLINK and record what the handle needs. 0 or -errno
+ * (-ENODEV: no such device), step recorded. The reply can be large (statistics, per-
+ * family data), so this one request peeks to size its buffer. */
+static int lookup_link(struct plug_qdisc *q)
 {
+    struct rtnl_link *link = NULL;
+    unsigned int mtu, txqlen, arptype, hh;
+    uint64_t lim;
+    const char *name;
     int err;
 
     clear_kerr(q);
+    nl_socket_enable_msg_peek(q->sk);
+    err = rtnl_link_get_kernel(q->sk, q->device[0] ? 0 : q->ifindex,
+                               q->device[0] ? q->device : NULL, &link);
+    nl_socket_disable_msg_peek(q->sk);
+    err = nl_result(q, err);
+    if (err == 0 && !link)
+        err = -ENODEV;
+    if (err == -ENOENT)
+        err = -ENODEV; /* what the kernel says for a name it does not know */
+    if (err < 0)
+        return fail(q, PQ_STEP_DEVICE, err);
+    q->ifindex = rtnl_link_get_ifindex(link);
+    name = rtnl_link_get_name(link);
+    if (name)
+        snprintf(q->device, sizeof(q->device), "%s", name);
+    mtu = rtnl_link_get_mtu(link);
+    txqlen = rtnl_link_get_txqlen(link);
+    arptype = rtnl_link_get_arptype(link);
+    rtnl_link_put(link);
+
+    /* The kernel's own default: tx_queue_len * (mtu + hard_header_len). */
+    hh = (arptype == ARPHRD_ETHER || arptype == ARPHRD_LOOPBACK) ? PQ_ETH_HLEN : 0;
+    if (txqlen == 0)
+        txqlen = PQ_DEFAULT_TXQLEN;
+    lim = (uint64_t)txqlen * ((uint64_t)mtu + hh);
+    if (lim > UINT32_MAX)
+        lim = UINT32_MAX;
+    q->default_limit = (uint32_t)lim;
+    return 0;
+}
+
+/* Start an operation: a fresh error record and, in a forked child, a socket of our own in
+ * place of the one inherited from the parent (same namespace). 0 or -errno. */
+static int begin(struct plug_qdisc *q)
+{
+    reset_error(q);
+    if (!q->connected)
+        return pq_connect(q);
     if (q->sk && q->sk_gen == pq_fork_generation())
         return 0;
     if (q->sk) {
@@ -321,11 +380,40 @@ static int begin(struct plug_qdisc *q)
         nl_socket_free(q->sk);
         q->sk = NULL;
     }
-    err = make_socket(q);
+    return make_socket(q);
+}
+
+/* Take the namespace, open the socket, look the device up. 0 or -errno. */
+int pq_connect(struct plug_qdisc *q)
+{
+    int err;
+
+    if (!q)
+        return -EINVAL;
+    if (q->connected)
+        return 0;
+    reset_error(q);
+    if (q->netns_fd < 0) {
+        /* The caller's namespace, kept so that a socket re-made after fork (perhaps by a
+         * thread that has since moved) lands in the same one. */
+        q->netns_fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+        if (q->netns_fd < 0)
+            return fail(q, PQ_STEP_NETNS, -errno);
+    }
+    if (!q->sk || q->sk_gen != pq_fork_generation()) {
+        if (q->sk)
+            nl_socket_free(q->sk);
+        q->sk = NULL;
+        err = make_socket(q);
+        if (err < 0)
+            return err;
+    }
+    err = lookup_link(q);
     if (err < 0)
-        set_msg(q, "cannot open a netlink socket for %s: %s", q->device,
-                strerror_r(-err, (char[64]){ 0 }, 64));
-    return err;
+        return err;
+    q->limit = q->asked_limit ? q->asked_limit : q->default_limit;
+    q->connected = 1;
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -389,62 +477,34 @@ out:
     return nl_result(q, err);
 }
 
-struct get_ctx {
-    struct rtnl_qdisc *qd;
-    int done;
-};
-
-/* nl_msg_parse callback: keep (a reference to) the first qdisc object of the reply. */
-static void keep_qdisc(struct nl_object *obj, void *arg)
-{
-    struct get_ctx *ctx = arg;
-
-    if (!ctx->qd) {
-        nl_object_get(obj);
-        ctx->qd = (struct rtnl_qdisc *)obj;
-    }
-}
-
-/* Valid-message callback of the GET: parse an RTM_NEWQDISC reply. Returns NL_OK. */
-static int on_get_reply(struct nl_msg *msg, void *arg)
-{
-    if (nlmsg_hdr(msg)->nlmsg_type == RTM_NEWQDISC)
-        (void)nl_msg_parse(msg, keep_qdisc, arg);
-    return NL_OK;
-}
-
-/* Ack callback of the GET: the request is finished. Returns NL_STOP. */
-static int on_get_ack(struct nl_msg *msg, void *arg)
+/* Ack callback of tc_request: the exchange is over. Returns NL_STOP. */
+static int on_ack(struct nl_msg *msg, void *arg)
 {
     (void)msg;
-    ((struct get_ctx *)arg)->done = 1;
+    *(int *)arg = 1;
     return NL_STOP;
 }
 
-/* Ask the kernel what qdisc is at our place (one RTM_GETQDISC, no dump). *out gets a
- * reference the caller puts, or NULL if the kernel reported nothing there (ENOENT, or
- * EINVAL for a built-in qdisc such as noop that it refuses to report). 0 or -errno. */
-static int get_qdisc(struct plug_qdisc *q, struct rtnl_qdisc **out)
+/* Send a tc request (TYPE, FLAGS, tcmsg fields) whose answer is an ack, after any reply
+ * that ON_REPLY (may be NULL) parses. 0 or -errno (the kernel's). */
+static int tc_request(struct plug_qdisc *q, int type, int flags, uint32_t parent,
+                      uint32_t handle, int (*on_reply)(struct nl_msg *, void *), void *arg)
 {
     struct tcmsg tcm;
     struct nl_msg *msg;
     struct nl_cb *cb, *sock_cb;
-    struct get_ctx ctx = { NULL, 0 };
-    int err;
+    int err, done = 0;
 
-    *out = NULL;
     if (!q->sk)
-        return -ENOTCONN; /* begin() failed to re-open it (after fork) */
-    /* NLM_F_ECHO: kernels before 6.5 only multicast the answer to a GET unless asked to
-     * echo it to the sender; NLM_F_ACK ends the exchange in every case. */
-    msg = nlmsg_alloc_simple(RTM_GETQDISC, NLM_F_ECHO | NLM_F_ACK);
+        return -ENOTCONN;
+    msg = nlmsg_alloc_simple(type, flags | NLM_F_ACK);
     if (!msg)
         return -ENOMEM;
     memset(&tcm, 0, sizeof(tcm));
     tcm.tcm_family = AF_UNSPEC;
     tcm.tcm_ifindex = q->ifindex;
-    tcm.tcm_parent = q->parent;
-    tcm.tcm_handle = 0;
+    tcm.tcm_parent = parent;
+    tcm.tcm_handle = handle;
     err = nlmsg_append(msg, &tcm, sizeof(tcm), NLMSG_ALIGNTO);
     if (err < 0) {
         nlmsg_free(msg);
@@ -460,30 +520,83 @@ static int get_qdisc(struct plug_qdisc *q, struct rtnl_qdisc **out)
         nlmsg_free(msg);
         return -ENOMEM;
     }
-    nl_cb_set(cb, NL_CB_VALID, NL_CB_CUSTOM, on_get_reply, &ctx);
-    nl_cb_set(cb, NL_CB_ACK, NL_CB_CUSTOM, on_get_ack, &ctx);
-
+    if (on_reply)
+        nl_cb_set(cb, NL_CB_VALID, NL_CB_CUSTOM, on_reply, arg);
+    nl_cb_set(cb, NL_CB_ACK, NL_CB_CUSTOM, on_ack, &done);
     clear_kerr(q);
     err = nl_send_auto(q->sk, msg);
     nlmsg_free(msg);
-    while (err >= 0 && !ctx.done)
+    /* One datagram per call: a reply, then the ack; our error callback stops it early. */
+    while (err >= 0 && !done)
         err = nl_recvmsgs(q->sk, cb);
     nl_cb_put(cb);
-    err = nl_result(q, err);
+    return nl_result(q, err);
+}
+
+/* nl_msg_parse callback: keep (a reference to) the first qdisc object of the reply. */
+static void keep_qdisc(struct nl_object *obj, void *arg)
+{
+    struct rtnl_qdisc **out = arg;
+
+    if (!*out) {
+        nl_object_get(obj);
+        *out = (struct rtnl_qdisc *)obj;
+    }
+}
+
+/* Valid-message callback of the GET: parse an RTM_NEWQDISC reply. Returns NL_OK. */
+static int on_qdisc_reply(struct nl_msg *msg, void *arg)
+{
+    if (nlmsg_hdr(msg)->nlmsg_type == RTM_NEWQDISC)
+        (void)nl_msg_parse(msg, keep_qdisc, arg);
+    return NL_OK;
+}
+
+/* Ask the kernel what qdisc is at our place (one RTM_GETQDISC, no dump). *out gets a
+ * reference the caller puts, or NULL if the kernel reported nothing there (ENOENT, or
+ * EINVAL for a built-in qdisc such as noop that it refuses to report). 0 or -errno. */
+static int get_qdisc(struct plug_qdisc *q, struct rtnl_qdisc **out)
+{
+    struct rtnl_qdisc *qd = NULL;
+    int err;
+
+    *out = NULL;
+    /* NLM_F_ECHO: kernels before 6.5 only multicast the answer to a GET unless asked to
+     * echo it to the sender; the ack ends the exchange in every case. */
+    err = tc_request(q, RTM_GETQDISC, NLM_F_ECHO, q->parent, 0, on_qdisc_reply, &qd);
     if (err == -ENOENT || err == -EINVAL) {
         /* Nothing reportable at that place. */
-        if (ctx.qd)
-            rtnl_qdisc_put(ctx.qd);
+        if (qd)
+            rtnl_qdisc_put(qd);
         clear_kerr(q);
         return 0;
     }
     if (err < 0) {
-        if (ctx.qd)
-            rtnl_qdisc_put(ctx.qd);
+        if (qd)
+            rtnl_qdisc_put(qd);
         return err;
     }
-    *out = ctx.qd;
+    *out = qd;
     return 0;
+}
+
+/* Whether our parent exists (to tell a missing parent from a kernel without sch_plug,
+ * which both answer a create with ENOENT): the root always does; a class "MAJ:MIN" is
+ * asked for with one RTM_GETTCLASS (ENOENT: no qdisc MAJ: or no such class; EINVAL: MAJ:
+ * has no classes). 1, 0, or -errno if the question itself failed. */
+static int parent_exists(struct plug_qdisc *q)
+{
+    int err;
+
+    if (q->parent == TC_H_ROOT)
+        return 1;
+    err = tc_request(q, RTM_GETTCLASS, 0, 0, q->parent, NULL, NULL);
+    clear_kerr(q);
+    if (err == 0)
+        return 1;
+    if (err == -ENOENT || err == -EINVAL)
+        return 0;
+    return err;
 }
 
 /* Is QD a plug qdisc with our handle? */
@@ -497,25 +610,31 @@ static int is_our_plug(const struct plug_qdisc *q, struct rtnl_qdisc *qd)
     return kind && strcmp(kind, "plug") == 0 && rtnl_tc_get_handle(TC_CAST(qd)) == q->handle;
 }
 
-/* Fill ST from our plug qdisc. 0, -ENOENT (with a message) if our plug is not there, or
- * -errno. Assumes begin() was called. */
+/* Record what qdisc QD (may be NULL) is, in the error's found_* facts. */
+static void note_found(struct plug_qdisc *q, struct rtnl_qdisc *qd)
+{
+    const char *kind = qd ? rtnl_tc_get_kind(TC_CAST(qd)) : NULL;
+
+    snprintf(q->e.found_kind, sizeof(q->e.found_kind), "%s", kind ? kind : "");
+    q->e.found_handle = qd ? rtnl_tc_get_handle(TC_CAST(qd)) : 0;
+}
+
+/* Fill ST (may be NULL) from our plug qdisc. 0, -ENOENT if our plug is not there (what is
+ * there is in found_*), or -errno; step STATS. Assumes begin() was called. */
 static int read_stats(struct plug_qdisc *q, struct pq_stats *st)
 {
     struct rtnl_qdisc *qd;
     struct rtnl_tc *tc;
-    char h[16], p[16];
     int err;
 
     err = get_qdisc(q, &qd);
     if (err < 0)
-        return fail_msg(q, err, "cannot read the qdisc");
+        return fail(q, PQ_STEP_STATS, err);
     if (!is_our_plug(q, qd)) {
+        note_found(q, qd);
         if (qd)
             rtnl_qdisc_put(qd);
-        set_msg(q, "no plug qdisc with handle %s at %s of %s (deleted?)",
-                fmt_handle(q->handle, h, sizeof(h)), fmt_handle(q->parent, p, sizeof(p)),
-                q->device);
-        return -ENOENT;
+        return fail(q, PQ_STEP_STATS, -ENOENT);
     }
     tc = TC_CAST(qd);
     if (st) {
@@ -529,6 +648,21 @@ static int read_stats(struct plug_qdisc *q, struct pq_stats *st)
     }
     rtnl_qdisc_put(qd);
     return 0;
+}
+
+/* Send RTM_DELQDISC for the qdisc of KIND with our handle at our place. 0 or -errno. */
+static int delete_qdisc(struct plug_qdisc *q, const char *kind)
+{
+    struct rtnl_qdisc *qd;
+    int err;
+
+    qd = our_qdisc(q, kind, &err);
+    if (!qd)
+        return nl_result(q, err);
+    clear_kerr(q);
+    err = rtnl_qdisc_delete(q->sk, qd);
+    rtnl_qdisc_put(qd);
+    return nl_result(q, err);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -587,63 +721,11 @@ int pq_parse_handle(const char *text, uint32_t *out)
     return 0;
 }
 
-/* Look the device up with one RTM_GETLINK and record what the handle needs. 0 or -errno
- * (-ENODEV: no such device). Assumes begin() was called. */
-static int lookup_link(struct plug_qdisc *q, const char *device, int ifindex)
-{
-    struct rtnl_link *link = NULL;
-    unsigned int mtu, txqlen, arptype, hh;
-    uint64_t lim;
-    const char *name;
-    int err;
-
-    clear_kerr(q);
-    err = rtnl_link_get_kernel(q->sk, ifindex > 0 ? ifindex : 0, device, &link);
-    err = nl_result(q, err);
-    if (err == 0 && !link)
-        err = -ENODEV;
-    if (err < 0) {
-        if (err == -ENODEV || err == -ENOENT) {
-            err = -ENODEV;
-            if (device)
-                set_msg(q, "no such network device: %s", device);
-            else
-                set_msg(q, "no network device with index %d", ifindex);
-        } else {
-            char ebuf[64];
-            const char *why = q->msg[0] ? q->msg : strerror_r(-err, ebuf, sizeof(ebuf));
-            char kernel[PQ_MSG_MAX];
-
-            snprintf(kernel, sizeof(kernel), "%s", why);
-            set_msg(q, "cannot look up device %s: %s", device ? device : "(by index)", kernel);
-        }
-        return err;
-    }
-    q->ifindex = rtnl_link_get_ifindex(link);
-    name = rtnl_link_get_name(link);
-    snprintf(q->device, sizeof(q->device), "%s", name ? name : (device ? device : ""));
-    mtu = rtnl_link_get_mtu(link);
-    txqlen = rtnl_link_get_txqlen(link);
-    arptype = rtnl_link_get_arptype(link);
-    rtnl_link_put(link);
-
-    /* The kernel's own default: tx_queue_len * (mtu + hard_header_len). */
-    hh = (arptype == ARPHRD_ETHER || arptype == ARPHRD_LOOPBACK) ? PQ_ETH_HLEN : 0;
-    if (txqlen == 0)
-        txqlen = PQ_DEFAULT_TXQLEN;
-    lim = (uint64_t)txqlen * ((uint64_t)mtu + hh);
-    if (lim > UINT32_MAX)
-        lim = UINT32_MAX;
-    q->default_limit = (uint32_t)lim;
-    return 0;
-}
-
-/* Open a handle (socket in NETNS_FD's namespace, device looked up). 0 or -errno. */
-int pq_open(struct plug_qdisc **out, const char *device, int ifindex, uint32_t parent,
-            uint32_t handle, uint32_t limit, int netns_fd)
+/* Make a handle; no I/O. 0, -EINVAL or -ENOMEM. */
+int pq_new(struct plug_qdisc **out, const char *device, int ifindex, uint32_t parent,
+           uint32_t handle, uint32_t limit)
 {
     struct plug_qdisc *q;
-    int err;
 
     if (!out)
         return -EINVAL;
@@ -658,152 +740,176 @@ int pq_open(struct plug_qdisc **out, const char *device, int ifindex, uint32_t p
     q->netns_fd = -1;
     q->parent = parent;
     q->handle = handle;
+    q->asked_limit = limit;
+    q->ifindex = device ? 0 : ifindex;
     if (device)
         snprintf(q->device, sizeof(q->device), "%s", device);
-    else
-        snprintf(q->device, sizeof(q->device), "if%d", ifindex);
-    if (netns_fd >= 0) {
-        /* Our own copy: the caller may close theirs; also needed to re-open after fork. */
-        q->netns_fd = fcntl(netns_fd, F_DUPFD_CLOEXEC, 0);
-    } else {
-        /* The caller's namespace, kept so that a socket re-opened after fork (perhaps by
-         * a thread that has since moved) lands in the same one. */
-        q->netns_fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-    }
-    if (q->netns_fd < 0) {
-        err = -errno;
-        goto fail;
-    }
-    err = begin(q);
-    if (err < 0)
-        goto fail;
-    err = lookup_link(q, device, device ? 0 : ifindex);
-    if (err < 0)
-        goto fail;
-    q->limit_explicit = limit != 0;
-    q->limit = limit ? limit : q->default_limit;
     *out = q;
     return 0;
-fail:
-    pq_close(q);
-    return err;
 }
 
-/* Send RTM_DELQDISC for the qdisc of KIND with our handle at our place. 0 or -errno
- * (the kernel's text in q->msg). */
-static int delete_qdisc(struct plug_qdisc *q, const char *kind)
+/* Use the namespace NETNS_FD (duplicated). 0, -EISCONN after connect, or -errno. */
+int pq_set_netns(struct plug_qdisc *q, int netns_fd)
 {
-    struct rtnl_qdisc *qd;
+    int fd;
+
+    if (!q || netns_fd < 0)
+        return -EINVAL;
+    reset_error(q);
+    if (q->connected)
+        return fail(q, PQ_STEP_ARGS, -EISCONN);
+    fd = fcntl(netns_fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return fail(q, PQ_STEP_NETNS, -errno);
+    if (q->netns_fd >= 0)
+        close(q->netns_fd);
+    q->netns_fd = fd;
+    return 0;
+}
+
+/* pq_new + pq_set_netns + pq_connect; frees the handle on failure. 0 or -errno. */
+int pq_open(struct plug_qdisc **out, const char *device, int ifindex, uint32_t parent,
+            uint32_t handle, uint32_t limit, int netns_fd)
+{
+    struct plug_qdisc *q;
     int err;
 
-    qd = our_qdisc(q, kind, &err);
-    if (!qd)
-        return nl_result(q, err);
-    clear_kerr(q);
-    err = rtnl_qdisc_delete(q->sk, qd);
-    rtnl_qdisc_put(qd);
-    return nl_result(q, err);
+    err = pq_new(&q, device, ifindex, parent, handle, limit);
+    if (err < 0)
+        return err;
+    if (netns_fd >= 0)
+        err = pq_set_netns(q, netns_fd);
+    if (err == 0)
+        err = pq_connect(q);
+    if (err < 0) {
+        pq_close(q);
+        return err;
+    }
+    *out = q;
+    return 0;
+}
+
+/* After a create answered ENOENT: a missing parent (step PARENT) or a kernel without
+ * sch_plug (step CREATE). Returns ERR. */
+static int create_failed(struct plug_qdisc *q, int err)
+{
+    char kernel[sizeof(q->e.kernel)];
+    int exists;
+
+    if (err != -ENOENT)
+        return fail(q, PQ_STEP_CREATE, err);
+    memcpy(kernel, q->e.kernel, sizeof(kernel));
+    exists = parent_exists(q);
+    memcpy(q->e.kernel, kernel, sizeof(kernel)); /* the create's text, not the probe's */
+    return fail(q, exists == 0 ? PQ_STEP_PARENT : PQ_STEP_CREATE, err);
 }
 
 /* Create or adopt the plug qdisc at the handle's place, then release it. 0 or -errno. */
 int pq_attach(struct plug_qdisc *q, int replace)
 {
     struct rtnl_qdisc *qd = NULL;
-    char h[16], p[16];
     int err, created;
 
     if (!q)
         return -EINVAL;
     err = begin(q);
+    if (err == 0) {
+        err = get_qdisc(q, &qd);
+        if (err < 0)
+            fail(q, PQ_STEP_INSPECT, err);
+    }
     if (err < 0)
-        return err;
-    err = get_qdisc(q, &qd);
-    if (err < 0)
-        return fail_msg(q, err, "cannot read the qdisc");
+        goto out;
 
     if (!qd || rtnl_tc_get_handle(TC_CAST(qd)) == 0) {
         /* Nothing, or the kernel's default: make ours. */
-        err = send_plug(q, NLM_F_CREATE | NLM_F_EXCL, TCQ_PLUG_LIMIT, q->limit);
         created = 1;
+        err = send_plug(q, NLM_F_CREATE | NLM_F_EXCL, TCQ_PLUG_LIMIT, q->limit);
+        if (err < 0)
+            create_failed(q, err);
     } else if (is_our_plug(q, qd)) {
         /* Ours from an earlier run: adopt; only an explicit limit overrides its limit.
          * A second attach of the same handle keeps knowing that it created it. */
-        err = q->limit_explicit ? send_plug(q, 0, TCQ_PLUG_LIMIT, q->limit) : 0;
         created = q->attached && q->created;
+        err = q->asked_limit ? send_plug(q, 0, TCQ_PLUG_LIMIT, q->limit) : 0;
+        if (err < 0)
+            fail(q, PQ_STEP_ADOPT, err);
     } else if (replace && rtnl_tc_get_handle(TC_CAST(qd)) == q->handle) {
         /* Same handle, other kind: the kernel takes a replace as a change of that qdisc
          * and refuses the kind ("Invalid qdisc name"). Delete it, then create ours. */
+        created = 1;
         err = delete_qdisc(q, rtnl_tc_get_kind(TC_CAST(qd)));
-        if (err == 0)
+        if (err < 0) {
+            note_found(q, qd);
+            fail(q, PQ_STEP_REMOVE_OTHER, err);
+        } else {
             err = send_plug(q, NLM_F_CREATE | NLM_F_EXCL, TCQ_PLUG_LIMIT, q->limit);
-        created = 1;
+            if (err < 0)
+                create_failed(q, err);
+        }
     } else if (replace) {
-        err = send_plug(q, NLM_F_CREATE | NLM_F_REPLACE, TCQ_PLUG_LIMIT, q->limit);
         created = 1;
+        err = send_plug(q, NLM_F_CREATE | NLM_F_REPLACE, TCQ_PLUG_LIMIT, q->limit);
+        if (err < 0)
+            create_failed(q, err);
     } else {
-        const char *kind = rtnl_tc_get_kind(TC_CAST(qd));
-
-        set_msg(q, "a %s qdisc (handle %s) is already at %s of %s; "
-                "pass replace=True to replace it", kind ? kind : "?",
-                fmt_handle(rtnl_tc_get_handle(TC_CAST(qd)), h, sizeof(h)),
-                fmt_handle(q->parent, p, sizeof(p)), q->device);
-        rtnl_qdisc_put(qd);
-        return -EEXIST;
+        note_found(q, qd);
+        err = fail(q, PQ_STEP_OCCUPIED, -EEXIST);
     }
     if (qd)
         rtnl_qdisc_put(qd);
-    if (err < 0) {
-        if (err == -ENOENT && created) {
-            /* The kernel's words ("Specified qdisc kind is unknown.") stay in the text. */
-            fail_msg(q, err, "cannot create a plug qdisc");
-            append_msg(q, " (is sch_plug available?)");
-            return err;
-        }
-        return fail_msg(q, err, created ? "cannot create the plug qdisc"
-                                        : "cannot set the plug qdisc's limit");
-    }
+    if (err < 0)
+        goto out;
     /* A new plug qdisc holds; the contract is that traffic passes after attach. */
     err = send_plug(q, 0, TCQ_PLUG_RELEASE_INDEFINITE, q->limit);
     if (err < 0) {
         /* Never leave a qdisc we made holding the device's traffic with nobody in charge
          * of it: take it away again (it holds nothing we were asked to keep). */
-        fail_msg(q, err, "cannot release the plug qdisc");
-        if (created)
+        fail(q, PQ_STEP_CHANGE, err);
+        if (created) {
+            struct pq_error keep = q->e;
+
             (void)delete_qdisc(q, "plug");
+            q->e = keep;
+        }
         q->attached = 0;
-        return err;
+        goto out;
     }
     q->created = created;
     q->is_buffering = 0;
     q->attached = 1;
+    q->e.attach_err = 0;
+    q->e.attach_step = PQ_STEP_NONE;
     return 0;
+out:
+    q->e.attach_err = q->e.err;
+    q->e.attach_step = q->e.step;
+    return err;
 }
 
 /* Send one plug action to an attached handle. 0, -ENOTCONN before attach, or -errno. */
-static int plug_action(struct plug_qdisc *q, int action, uint32_t limit, const char *what)
+static int plug_action(struct plug_qdisc *q, int action, uint32_t limit)
 {
     int err;
 
     if (!q)
         return -EINVAL;
-    clear_kerr(q);
-    if (!q->attached) {
-        set_msg(q, "the plug qdisc on %s is not attached", q->device);
-        return -ENOTCONN;
-    }
+    reset_error(q);
+    if (!q->attached)
+        return fail(q, PQ_STEP_STATE, -ENOTCONN);
     err = begin(q);
     if (err < 0)
         return err;
     err = send_plug(q, 0, action, limit);
     if (err < 0)
-        return fail_msg(q, err, what);
+        return fail(q, PQ_STEP_CHANGE, err);
     return 0;
 }
 
 /* TCQ_PLUG_BUFFER: start a new epoch and hold. 0 or -errno. */
 int pq_buffer(struct plug_qdisc *q)
 {
-    int err = plug_action(q, TCQ_PLUG_BUFFER, q ? q->limit : 0, "cannot buffer");
+    int err = plug_action(q, TCQ_PLUG_BUFFER, q ? q->limit : 0);
 
     if (err == 0)
         q->is_buffering = 1;
@@ -813,14 +919,13 @@ int pq_buffer(struct plug_qdisc *q)
 /* TCQ_PLUG_RELEASE_ONE: release the previous epoch; still holding. 0 or -errno. */
 int pq_release_one(struct plug_qdisc *q)
 {
-    return plug_action(q, TCQ_PLUG_RELEASE_ONE, q ? q->limit : 0, "cannot release one epoch");
+    return plug_action(q, TCQ_PLUG_RELEASE_ONE, q ? q->limit : 0);
 }
 
 /* TCQ_PLUG_RELEASE_INDEFINITE: release everything and pass traffic. 0 or -errno. */
 int pq_release_indefinite(struct plug_qdisc *q)
 {
-    int err = plug_action(q, TCQ_PLUG_RELEASE_INDEFINITE, q ? q->limit : 0,
-                          "cannot release");
+    int err = plug_action(q, TCQ_PLUG_RELEASE_INDEFINITE, q ? q->limit : 0);
 
     if (err == 0)
         q->is_buffering = 0;
@@ -835,9 +940,9 @@ int pq_set_limit(struct plug_qdisc *q, uint32_t limit)
 
     if (!q)
         return -EINVAL;
-    /* 0 would drop every packet; like at open it means the device's default. */
+    /* 0 would drop every packet; as at creation it means the device's default. */
     lim = limit ? limit : q->default_limit;
-    err = plug_action(q, TCQ_PLUG_LIMIT, lim, "cannot set the limit");
+    err = plug_action(q, TCQ_PLUG_LIMIT, lim);
     if (err == 0)
         q->limit = lim;
     return err;
@@ -870,7 +975,7 @@ static int64_t now_ms(void)
 int pq_detach(struct plug_qdisc *q, int timeout_ms)
 {
     struct pq_stats st;
-    int64_t deadline;
+    int64_t start, deadline;
     int err;
 
     if (!q)
@@ -879,20 +984,20 @@ int pq_detach(struct plug_qdisc *q, int timeout_ms)
     if (err < 0 && err != -ENOTCONN) {
         /* Gone, or another qdisc in its place (ENOENT, EINVAL or EEXIST from the
          * kernel): if our plug is no longer there, say -ENOENT and let go of it. */
-        char saved[PQ_MSG_MAX];
+        struct pq_error keep = q->e;
 
-        snprintf(saved, sizeof(saved), "%s", q->msg);
         if (read_stats(q, NULL) == -ENOENT) {
             q->attached = 0;
             return -ENOENT;
         }
-        snprintf(q->msg, sizeof(q->msg), "%s", saved);
+        q->e = keep;
         return err;
     }
     if (err < 0)
         return err;
 
-    deadline = now_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+    start = now_ms();
+    deadline = start + (timeout_ms > 0 ? timeout_ms : 0);
     for (;;) {
         err = read_stats(q, &st);
         if (err == -ENOENT)
@@ -902,10 +1007,9 @@ int pq_detach(struct plug_qdisc *q, int timeout_ms)
         if (st.qlen == 0)
             break;
         if (now_ms() >= deadline) {
-            set_msg(q, "the plug qdisc on %s still holds %llu packets after %d ms; "
-                    "left in place, passing traffic", q->device,
-                    (unsigned long long)st.qlen, timeout_ms);
-            return -ETIMEDOUT;
+            q->e.held = st.qlen;
+            q->e.waited_ms = (uint32_t)(now_ms() - start);
+            return fail(q, PQ_STEP_DRAIN, -ETIMEDOUT);
         }
         nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
     }
@@ -914,7 +1018,7 @@ int pq_detach(struct plug_qdisc *q, int timeout_ms)
     if (err == -ENOENT)
         q->attached = 0;
     if (err < 0)
-        return fail_msg(q, err, "cannot delete the plug qdisc");
+        return fail(q, PQ_STEP_DELETE, err);
     q->attached = 0;
     q->is_buffering = 0;
     return 0;
@@ -934,22 +1038,30 @@ void pq_close(struct plug_qdisc *q)
     free(q);
 }
 
-/* The device's ifindex (0 for NULL). */
+/* 1 once the namespace is taken and the device found. */
+int pq_connected(const struct plug_qdisc *q)
+{
+    return q ? q->connected : 0;
+}
+
+/* The device's ifindex (0 for NULL, or by name before connect). */
 int pq_ifindex(const struct plug_qdisc *q)
 {
     return q ? q->ifindex : 0;
 }
 
-/* The device's name as the kernel has it ("" for NULL). */
+/* The device's name as the kernel has it ("" for NULL, or by index before connect). */
 const char *pq_device(const struct plug_qdisc *q)
 {
     return q ? q->device : "";
 }
 
-/* The limit in force, in bytes (0 for NULL). */
+/* The limit in force, in bytes; before connect the one asked for. 0 for NULL. */
 uint32_t pq_limit(const struct plug_qdisc *q)
 {
-    return q ? q->limit : 0;
+    if (!q)
+        return 0;
+    return q->connected ? q->limit : q->asked_limit;
 }
 
 /* 1 if we last told the qdisc to hold. */
@@ -970,33 +1082,41 @@ int pq_attached(const struct plug_qdisc *q)
     return q ? q->attached : 0;
 }
 
-/* The last failure's text, "" if none. */
-const char *pq_last_message(const struct plug_qdisc *q)
+/* The last call's failure. */
+const struct pq_error *pq_last_error(const struct plug_qdisc *q)
 {
-    return q ? q->msg : "";
+    static const struct pq_error none;
+
+    return q ? &q->e : &none;
 }
 
 /* ------------------------------------------------------------------------------------ */
 /* the HAProxy-compatible API                                                           */
 
 /* Attach the default handle (replacing any previous one). The handle is kept after a
- * failed attach so that its message can be read; it is then not attached. 0 or -errno. */
-int plug_qdisc_attach(char *device, char *parent, char *id, uint32_t limit)
+ * failed attach so that its error can be read; it is then not attached. 0 or -errno. */
+int plug_qdisc_attach_at(const char *device, uint32_t parent, uint32_t handle, uint32_t limit)
 {
     struct plug_qdisc *q;
-    uint32_t p, h;
     int err;
 
-    if (pq_parse_handle(parent ? parent : "root", &p) < 0 ||
-        pq_parse_handle(id ? id : "1:", &h) < 0)
-        return -EINVAL;
     pq_close(default_handle);
-    err = pq_open(&q, device, 0, p, h, limit, -1);
+    err = pq_new(&q, device, 0, parent, handle, limit);
     if (err < 0)
         return err;
     default_handle = q;
     /* Not replace: adopts our own plug if it is already there. */
     return pq_attach(q, 0);
+}
+
+int plug_qdisc_attach(char *device, char *parent, char *id, uint32_t limit)
+{
+    uint32_t p, h;
+
+    if (pq_parse_handle(parent ? parent : "root", &p) < 0 ||
+        pq_parse_handle(id ? id : "1:", &h) < 0)
+        return -EINVAL;
+    return plug_qdisc_attach_at(device, p, h, limit);
 }
 
 /* Hold on the default handle. 0 or -errno (-ENOTCONN before attach). */

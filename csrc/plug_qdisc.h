@@ -2,7 +2,9 @@
  * plug_qdisc.h - hold and release a device's packets with the kernel's plug qdisc (sch_plug).
  *
  * Pure C over libnl-route-3; no Python here. Every function that can fail returns 0 or a
- * negative errno (-ENODEV, -EPERM, ...). Nothing here prints, exits or aborts.
+ * negative errno (-ENODEV, -EPERM, ...); a handle also keeps the facts of its last failure
+ * (struct pq_error: the step, the kernel's own text). No English of ours: words for people
+ * belong to the caller. Nothing here prints, exits or aborts.
  *
  * Two APIs:
  *  - a re-entrant handle API (struct plug_qdisc, pq_*), one netlink socket per handle;
@@ -46,25 +48,73 @@ struct pq_stats {
     uint64_t requeues;
 };
 
+/* What a failed call was doing when it failed. The core reports facts (this step, the
+ * errno, the kernel's own text, what it found); words for people are the caller's. */
+enum pq_step {
+    PQ_STEP_NONE = 0,   /* no failure */
+    PQ_STEP_ARGS,       /* the arguments were refused; nothing was sent (EINVAL) */
+    PQ_STEP_STATE,      /* the handle is not attached (ENOTCONN); see attach_err */
+    PQ_STEP_NETNS,      /* reading or entering the network namespace */
+    PQ_STEP_SOCKET,     /* opening the netlink socket */
+    PQ_STEP_DEVICE,     /* looking the device up (ENODEV: no such device) */
+    PQ_STEP_INSPECT,    /* asking what qdisc is at the place */
+    PQ_STEP_OCCUPIED,   /* another qdisc is at the place (EEXIST); found_kind, found_handle */
+    PQ_STEP_PARENT,     /* the parent ("1:1", "ffff:", ...) is not there (ENOENT) */
+    PQ_STEP_CREATE,     /* creating the plug qdisc; ENOENT here means the kernel lacks it */
+    PQ_STEP_ADOPT,      /* setting the limit of our plug qdisc found at the place */
+    PQ_STEP_REMOVE_OTHER, /* deleting the other qdisc in the way (replace) */
+    PQ_STEP_CHANGE,     /* a plug action: buffer, release, release one, limit */
+    PQ_STEP_STATS,      /* reading our qdisc (ENOENT: not there; found_kind says what is) */
+    PQ_STEP_DRAIN,      /* waiting for the backlog to drain (ETIMEDOUT; held) */
+    PQ_STEP_DELETE,     /* deleting the plug qdisc */
+    PQ_STEP_COUNT
+};
+
+struct pq_error {
+    int err;                /* positive errno; 0 if the last call succeeded */
+    enum pq_step step;
+    char kernel[256];       /* the kernel's extended-ack text, verbatim; "" if none */
+    char found_kind[16];    /* OCCUPIED, STATS: the kind of the qdisc found there, "" none */
+    uint32_t found_handle;  /* OCCUPIED: its handle */
+    uint64_t held;          /* DRAIN: packets still held when the wait ended */
+    uint32_t waited_ms;     /* DRAIN: how long it waited */
+    int attach_err;         /* STATE: the errno of the last failed attach, 0 if none */
+    enum pq_step attach_step; /* STATE: and its step */
+};
+
+/* A short lower-case identifier of STEP ("create", "find_device", ...), for programs. */
+const char *pq_step_name(enum pq_step step);
+
 /* Parse a tc handle: "root" -> TC_H_ROOT, "none" -> TC_H_UNSPEC, "MAJ:" / "MAJ:MIN" in hex
  * (each at most ffff). 0 or -EINVAL. */
 int pq_parse_handle(const char *text, uint32_t *out);
 
-/* Open a handle: a netlink route socket in the network namespace NETNS_FD (-1: the caller's),
- * and the device looked up by name (DEVICE != NULL) or by IFINDEX (> 0), one link only.
- * LIMIT 0 means the device's default. The fd is duplicated; the caller keeps its own.
- * Touches no qdisc. 0 or -errno (-ENODEV: no such device). */
+/* Make a handle for DEVICE (a name) or IFINDEX (> 0), at PARENT with HANDLE. LIMIT in
+ * bytes, 0 for the device's default. No I/O at all: the namespace is taken, the socket
+ * opened and the device looked up by the first pq_connect() or pq_attach().
+ * 0, -EINVAL (bad arguments) or -ENOMEM. */
+int pq_new(struct plug_qdisc **out, const char *device, int ifindex, uint32_t parent,
+           uint32_t handle, uint32_t limit);
+/* Work in the network namespace NETNS_FD (duplicated; the caller keeps its own) rather
+ * than the one the first connecting thread is in. Only before the first connect:
+ * -EISCONN after. 0 or -errno. */
+int pq_set_netns(struct plug_qdisc *q, int netns_fd);
+/* Take the namespace, open the socket and look the device up (one RTM_GETLINK); once.
+ * Touches no qdisc. 0 or -errno, with the step in pq_last_error(). */
+int pq_connect(struct plug_qdisc *q);
+/* pq_new + pq_set_netns (NETNS_FD >= 0) + pq_connect. On failure the handle is freed and
+ * only the errno is left: use the three calls to read the step and the kernel's text. */
 int pq_open(struct plug_qdisc **out, const char *device, int ifindex, uint32_t parent,
             uint32_t handle, uint32_t limit, int netns_fd);
 
 /* Create a plug qdisc at the handle's place, or adopt the plug qdisc with the same handle
  * already there; a qdisc of another kind (or handle) there gives -EEXIST unless REPLACE.
- * Afterwards traffic passes (release indefinite). -ENOENT: the kernel has no sch_plug. */
+ * Afterwards traffic passes (release indefinite). Connects first if needed. */
 int pq_attach(struct plug_qdisc *q, int replace);
 int pq_buffer(struct plug_qdisc *q);              /* TCQ_PLUG_BUFFER: new epoch, hold */
 int pq_release_one(struct plug_qdisc *q);         /* TCQ_PLUG_RELEASE_ONE: the previous epoch */
 int pq_release_indefinite(struct plug_qdisc *q);  /* TCQ_PLUG_RELEASE_INDEFINITE: all, pass */
-int pq_set_limit(struct plug_qdisc *q, uint32_t limit);   /* TCQ_PLUG_LIMIT, bytes */
+int pq_set_limit(struct plug_qdisc *q, uint32_t limit);   /* TCQ_PLUG_LIMIT, bytes; 0 default */
 /* Read the counters of our qdisc (one RTM_GETQDISC). -ENOENT if it is no longer there. */
 int pq_get_stats(struct plug_qdisc *q, struct pq_stats *st);
 /* Release, wait up to TIMEOUT_MS for the backlog to drain, then delete the qdisc.
@@ -74,18 +124,24 @@ int pq_detach(struct plug_qdisc *q, int timeout_ms);
 void pq_close(struct plug_qdisc *q);
 
 /* What the handle knows (what it last sent; the kernel reports no plug state). */
-int pq_ifindex(const struct plug_qdisc *q);
-const char *pq_device(const struct plug_qdisc *q);   /* the device's name, as the kernel has it */
-uint32_t pq_limit(const struct plug_qdisc *q);        /* the limit in force, in bytes */
+int pq_connected(const struct plug_qdisc *q);        /* namespace taken, device found */
+int pq_ifindex(const struct plug_qdisc *q);          /* as given; as found once connected */
+const char *pq_device(const struct plug_qdisc *q);   /* the device's name ("" if unknown) */
+/* The limit in force once connected; before, the one asked for (0: the device's default,
+ * not known until the device is found). */
+uint32_t pq_limit(const struct plug_qdisc *q);
 int pq_is_buffering(const struct plug_qdisc *q);
 int pq_created(const struct plug_qdisc *q);           /* 1 if our attach created the qdisc */
 int pq_attached(const struct plug_qdisc *q);
-/* After a failure: the kernel's extended-ack text or a note of ours ("a prio qdisc is
- * there"); "" if none. Valid until the next call on the handle. */
-const char *pq_last_message(const struct plug_qdisc *q);
+/* The last call's failure (err 0 if it succeeded). Valid until the next call on Q. */
+const struct pq_error *pq_last_error(const struct plug_qdisc *q);
 /* A counter that moves in the child after every fork() (no syscall to read it): state
  * made for one process, such as a socket or a lock, is stale once it has moved. */
 unsigned long pq_fork_generation(void);
+
+/* The HAProxy-compatible attach with the place already parsed (what plug_qdisc_attach
+ * calls after pq_parse_handle). 0 or -errno. */
+int plug_qdisc_attach_at(const char *device, uint32_t parent, uint32_t handle, uint32_t limit);
 /* The default handle behind the HAProxy-compatible API (NULL before plug_qdisc_attach). */
 struct plug_qdisc *plug_qdisc_default_handle(void);
 

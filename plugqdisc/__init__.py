@@ -31,11 +31,13 @@ from __future__ import annotations
 import contextlib
 import errno as _errno
 import os
-import threading
 import time
-from typing import Callable, Iterator, List, NamedTuple, NoReturn, Optional, Union
+from typing import Iterator, List, NamedTuple, Optional, Union
 
 from . import _plugqdisc
+from ._errors import (DeviceNotFoundError, KernelSupportError, ParentNotFoundError,
+                      PlugQdiscError, PlugQdiscPermissionError, not_attached_default,
+                      optional_number, translate)
 
 __all__ = [
     "PlugQdisc",
@@ -47,6 +49,7 @@ __all__ = [
     "PlugQdiscError",
     "KernelSupportError",
     "DeviceNotFoundError",
+    "ParentNotFoundError",
     "PlugQdiscPermissionError",
 ]
 
@@ -54,23 +57,8 @@ Netns = Union[str, "os.PathLike[str]", int, None]
 
 #: How long detach() waits for released packets to leave before deleting, by default.
 DETACH_TIMEOUT = 5.0
-_LAB_HINT = "python -m plugqdisc.lab -- CMD (a User-Mode Linux kernel with sch_plug)"
-
-
-class PlugQdiscError(OSError):
-    """A kernel or netlink error from the plug qdisc; ``errno`` is set."""
-
-
-class KernelSupportError(PlugQdiscError):
-    """The running kernel has no plug qdisc (``sch_plug``)."""
-
-
-class DeviceNotFoundError(PlugQdiscError):
-    """No network device of that name or index (or it vanished)."""
-
-
-class PlugQdiscPermissionError(PlugQdiscError, PermissionError):
-    """The caller lacks ``CAP_NET_ADMIN`` in the device's network namespace."""
+#: The longest wait the C core takes in one go (2**31-1 ms, about 24.8 days).
+_MAX_WAIT_MS = 2**31 - 1
 
 
 class Stats(NamedTuple):
@@ -85,41 +73,10 @@ class Stats(NamedTuple):
     requeues: int
 
 
-def _raise(e: OSError, action: str, where: str) -> NoReturn:
-    """Turn the glue's OSError(errno, "strerror (originated from CALL): kernel text")
-    into the exception a user can act on."""
-    code = e.errno or _errno.EIO
-    detail = e.strerror or os.strerror(code)
-    cls: type = PlugQdiscError
-    if code in (_errno.EPERM, _errno.EACCES):
-        cls = PlugQdiscPermissionError
-        msg = ("%s on %s needs CAP_NET_ADMIN in that network namespace: run as root, inside "
-               "`unshare -rn`, or in the lab (%s) [%s]" % (action, where, _LAB_HINT, detail))
-    elif code == _errno.ENODEV:
-        cls = DeviceNotFoundError
-        msg = ("%s: no network device %s in this network namespace (or it vanished); "
-               "`ip link` lists them [%s]" % (action, where, detail))
-    elif code == _errno.ENOENT and action == "attach" and "kind" in detail:
-        cls = KernelSupportError
-        msg = ("this kernel has no plug qdisc (sch_plug): load it with `modprobe sch_plug`, "
-               "build the kernel with CONFIG_NET_SCH_PLUG=m, or run under the lab: %s [%s]"
-               % (_LAB_HINT, detail))
-    elif code == _errno.ENOENT:
-        msg = ("%s: the plug qdisc %s is gone (deleted behind our back?); attach() again "
-               "[%s]" % (action, where, detail))
-    elif code == _errno.EEXIST:
-        msg = "%s: another qdisc is in the way at %s [%s]" % (action, where, detail)
-    elif code == _errno.ETIMEDOUT:
-        msg = ("%s: the released packets of %s did not drain in time; the qdisc is left in "
-               "place, passing traffic [%s]" % (action, where, detail))
-    elif code == _errno.EINVAL and action == "open":
-        msg = "%s: the netns given for %s is not a network namespace [%s]" % (action, where, detail)
-    else:
-        msg = "%s on %s failed: %s" % (action, where, detail)
-    raise cls(code, msg) from None
-
+# ---- argument checks: each argument is checked here, once, before anything is sent ----
 
 def _check_limit(limit: Optional[int], name: str = "limit") -> int:
+    """Bytes as the C core takes them (0: the device's default)."""
     if limit is None:
         return 0
     if not isinstance(limit, int) or isinstance(limit, bool):
@@ -137,7 +94,7 @@ def _check_device(device: Union[str, int]) -> None:
                         % type(device).__name__)
     if isinstance(device, int):
         if not 0 < device < 2**31:
-            raise ValueError("an ifindex must be a positive int, not %d" % device)
+            raise ValueError("an ifindex must be a positive int below 2**31, not %d" % device)
         return
     raw = device.encode("utf-8", "surrogateescape")
     if (not raw or len(raw) > 15 or device in (".", "..")
@@ -146,28 +103,28 @@ def _check_device(device: Union[str, int]) -> None:
                          "white space (see `ip link`)" % device)
 
 
+def _parse(text: str, what: str, example: str) -> int:
+    if not isinstance(text, str):
+        raise TypeError("%s must be a str like %s, not %s" % (what, example,
+                                                             type(text).__name__))
+    value = _plugqdisc.parse_handle(text)
+    if value is None:
+        raise ValueError("%s: %r is not a tc handle: use 'root' or 'MAJ:' / 'MAJ:MIN' in "
+                         "hex, each part at most ffff (for example %s)" % (what, text, example))
+    return int(value)
+
+
 def _parse_parent(text: str) -> int:
-    value = _parse(text, "parent")
+    value = _parse(text, "parent", "'root' or '1:2'")
     if value == 0:
         raise ValueError("parent: 'none' is no place for a qdisc; use 'root' or a class "
                          "'MAJ:MIN'")
     return value
 
 
-def _parse(text: str, what: str) -> int:
-    try:
-        return int(_plugqdisc.parse_handle(text))
-    except TypeError:
-        raise TypeError("%s must be a str like %s, not %s"
-                        % (what, "'root' or '1:2'" if what == "parent" else "'1:'",
-                           type(text).__name__)) from None
-    except ValueError as e:
-        raise ValueError("%s: %s" % (what, e)) from None
-
-
 def _parse_qdisc_handle(text: str) -> int:
-    value = _parse(text, "handle")
-    if text.strip() in ("root", "none") or value & 0xFFFF or value == 0:
+    value = _parse(text, "handle", "'1:'")
+    if text in ("root", "none") or value & 0xFFFF or value == 0:
         raise ValueError("handle: a qdisc handle is 'MAJ:' with MAJ from 1 to ffff (for "
                          "example '1:'), not %r" % text)
     return value
@@ -180,8 +137,9 @@ def _check_netns(netns: Netns) -> None:
         raise TypeError("netns must be a name (as `ip netns` knows it), a path or an open "
                         "file descriptor, not %s" % type(netns).__name__)
     if isinstance(netns, int):
-        if netns < 0:
-            raise ValueError("netns file descriptor must be >= 0, not %d" % netns)
+        if not 0 <= netns < 2**31:
+            raise ValueError("a netns file descriptor must be from 0 to 2**31-1, not %d"
+                             % netns)
     elif not os.fspath(netns) or "\0" in os.fspath(netns):
         raise ValueError("netns name or path must be non-empty and free of NUL bytes")
 
@@ -192,7 +150,7 @@ def _netns_path(netns: Union[str, "os.PathLike[str]"]) -> str:
     return path if "/" in path else os.path.join("/run/netns", path)
 
 
-class PlugQdisc:
+class PlugQdisc(_plugqdisc.Qdisc):
     """A plug qdisc on one device, at one place (``parent``, ``handle``).
 
     Constructing validates the arguments and touches nothing in the kernel.
@@ -201,6 +159,9 @@ class PlugQdisc:
     ``with PlugQdisc(...) as q:`` attaches on entry; on exit it releases,
     detaches if it created the qdisc, and closes. Safe to use from several
     threads; after ``fork`` the child gets a socket of its own.
+
+    The state (device, limit, whether it holds) lives in the C handle that this
+    class extends; this layer adds the checks, the words and the context manager.
     """
 
     def __init__(
@@ -213,136 +174,111 @@ class PlugQdisc:
         netns: Netns = None,
     ) -> None:
         _check_device(device)
-        self._parent_id = _parse_parent(parent)
-        self._handle_id = _parse_qdisc_handle(handle)
-        self._limit = _check_limit(limit)
+        parent_id = _parse_parent(parent)
+        handle_id = _parse_qdisc_handle(handle)
+        nbytes = _check_limit(limit)
         _check_netns(netns)
-        self._device = device
         self._parent = parent
         self._handle = handle
         self._netns = netns
-        self._q: Optional[_plugqdisc.Qdisc] = None
-        self._closed = False
-        # Guards the swaps of _q (never held across a netlink call, so a fork() cannot
-        # inherit it held for long).
-        self._lock = threading.Lock()
+        super().__init__(device, parent_id, handle_id, nbytes)
 
     def __repr__(self) -> str:
-        state = ("closed" if self._closed else "detached" if self._q is None
+        state = ("closed" if self.closed else "detached" if not self.attached
                  else "buffering" if self.is_buffering else "passing")
-        return "<PlugQdisc %s parent=%s handle=%s %s>" % (self._device, self._parent,
+        return "<PlugQdisc %s parent=%s handle=%s %s>" % (self.device, self._parent,
                                                            self._handle, state)
 
     @property
     def _where(self) -> str:
         ns = "" if self._netns is None else " in netns %s" % (self._netns,)
-        return "%r (parent %s, handle %s%s)" % (self._device, self._parent, self._handle, ns)
+        return "%r (parent %s, handle %s%s)" % (self.device, self._parent, self._handle, ns)
 
-    def _open(self) -> _plugqdisc.Qdisc:
-        """The C handle, opened on first attach (socket in the netns, device looked up)."""
-        if self._closed:
-            raise ValueError("I/O operation on a closed PlugQdisc")
-        q = self._q
-        if q is not None:
-            return q
-        fd = -1
-        own_fd = False
+    def _failed(self, e: OSError, action: str) -> PlugQdiscError:
+        dev = self.device
+        return translate(e, action, self._where, parent=self._parent, handle=self._handle,
+                         ifindex=dev if isinstance(dev, int) else 0)
+
+    def _netns_fd(self) -> "tuple[int, bool]":
+        """(fd of the namespace to work in or -1, whether we opened it), for the first
+        attach only."""
+        if self._netns is None or self.connected or self.closed:
+            return -1, False
         if isinstance(self._netns, int):
-            fd = self._netns
-        elif self._netns is not None:
-            path = _netns_path(self._netns)
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError as e:
-                raise FileNotFoundError(
-                    e.errno, "no network namespace at %s: create it with `ip netns add NAME` "
-                    "or pass a path or an open fd" % path, path) from None
-            own_fd = True
+            return self._netns, False
+        path = _netns_path(self._netns)
         try:
-            q = _plugqdisc.Qdisc(self._device, self._parent_id, self._handle_id, self._limit, fd)
-        except OSError as e:
-            _raise(e, "open", self._where)
-        finally:
-            if own_fd:
-                os.close(fd)
-        with self._lock:
-            if self._closed or self._q is not None:  # closed, or opened by another thread
-                q.close()
-                return self._live()
-            self._q = q
-        return q
-
-    def _live(self) -> _plugqdisc.Qdisc:
-        q = self._q
-        if q is None:
-            if self._closed:
-                raise ValueError("I/O operation on a closed PlugQdisc")
-            raise PlugQdiscError(_errno.ENOTCONN, "%s is not attached: call attach() or use "
-                                 "`with`" % self._where)
-        return q
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC), True
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                e.errno, "no network namespace at %s: create it with `ip netns add NAME` "
+                "or pass a path or an open fd" % path, path) from None
 
     def attach(self, *, replace: bool = False) -> "PlugQdisc":
         """Create the plug qdisc (or adopt the plug qdisc with our handle already
         there) and let traffic pass. A qdisc of another kind at that place raises
         PlugQdiscError (EEXIST) unless ``replace=True``. Returns self."""
-        q = self._open()
+        fd, own = self._netns_fd()
         try:
-            q.attach(bool(replace))
+            self._attach(bool(replace), fd)
         except OSError as e:
-            _raise(e, "attach", self._where)
+            raise self._failed(e, "attach") from None
+        finally:
+            if own:
+                os.close(fd)
         return self
 
     def buffer(self) -> None:
         """Hold every packet from now on; starts a new epoch (TCQ_PLUG_BUFFER)."""
         try:
-            self._live().buffer()
+            self._buffer()
         except OSError as e:
-            _raise(e, "buffer", self._where)
+            raise self._failed(e, "buffer") from None
 
     def release_one(self) -> None:
         """Release the packets of the epoch before the latest :meth:`buffer`, keep
         holding the current one (TCQ_PLUG_RELEASE_ONE)."""
         try:
-            self._live().release_one()
+            self._release_one()
         except OSError as e:
-            _raise(e, "release_one", self._where)
+            raise self._failed(e, "release_one") from None
 
     def release(self) -> None:
         """Release everything held, in order, and let traffic pass until the next
         :meth:`buffer` (TCQ_PLUG_RELEASE_INDEFINITE)."""
         try:
-            self._live().release_indefinite()
+            self._release_indefinite()
         except OSError as e:
-            _raise(e, "release", self._where)
+            raise self._failed(e, "release") from None
 
     release_indefinite = release
 
     def set_limit(self, nbytes: int) -> None:
-        """Set the backlog limit in bytes (TCQ_PLUG_LIMIT)."""
+        """Set the backlog limit in bytes (TCQ_PLUG_LIMIT); 0 or None: the device's
+        default."""
         value = _check_limit(nbytes, "nbytes")
         try:
-            self._live().set_limit(value)
+            self._set_limit(value)
         except OSError as e:
-            _raise(e, "set_limit", self._where)
+            raise self._failed(e, "set_limit") from None
 
     def stats(self) -> Stats:
         """The qdisc's counters now."""
         try:
-            return Stats(*self._live().stats())
+            return Stats(*self._stats())
         except OSError as e:
-            _raise(e, "stats", self._where)
+            raise self._failed(e, "stats") from None
 
     def wait_buffered(self, packets: int = 1, *, timeout: Optional[float] = None) -> Stats:
         """Wait until at least ``packets`` packets are held (``qlen``), and return
-        the stats. Raises TimeoutError after ``timeout`` seconds (None: forever).
-        Sleeps between polls with the GIL released, so other threads run."""
+        the stats. Raises TimeoutError after ``timeout`` seconds (None or inf:
+        forever). Sleeps between polls with the GIL released, so other threads run."""
         if isinstance(packets, bool) or not isinstance(packets, int):
             raise TypeError("packets must be an int, not %s" % type(packets).__name__)
         if packets < 0:
             raise ValueError("packets must be >= 0, not %d" % packets)
-        if timeout is not None and timeout < 0:
-            raise ValueError("timeout must be >= 0 seconds or None, not %r" % (timeout,))
-        deadline = None if timeout is None else time.monotonic() + timeout
+        limit = optional_number(timeout, "timeout")
+        deadline = None if limit is None else time.monotonic() + limit
         pause = 0.0005
         while True:
             st = self.stats()
@@ -354,24 +290,17 @@ class PlugQdisc:
             time.sleep(pause)
             pause = min(pause * 2, 0.02)
 
-    def detach(self, *, timeout: float = DETACH_TIMEOUT) -> None:
-        """Release, wait (up to ``timeout`` s) for the backlog to drain, then delete
-        the qdisc. Nothing held is lost: if it does not drain, the qdisc is left in
-        place passing traffic and PlugQdiscError (ETIMEDOUT) is raised."""
-        if timeout < 0:
-            raise ValueError("timeout must be >= 0 seconds, not %r" % (timeout,))
+    def detach(self, *, timeout: Optional[float] = DETACH_TIMEOUT) -> None:
+        """Release, wait (up to ``timeout`` s; None or inf: as long as it takes)
+        for the backlog to drain, then delete the qdisc. Nothing held is lost: if it
+        does not drain, the qdisc is left in place passing traffic and
+        PlugQdiscError (ETIMEDOUT) is raised."""
+        limit = optional_number(timeout, "timeout")
+        ms = _MAX_WAIT_MS if limit is None else min(int(limit * 1000), _MAX_WAIT_MS)
         try:
-            self._live().detach(int(timeout * 1000))
+            self._detach(ms)
         except OSError as e:
-            _raise(e, "detach", self._where)
-
-    def close(self) -> None:
-        """Free the socket. The qdisc stays as it is. Idempotent."""
-        with self._lock:
-            q, self._q = self._q, None
-            self._closed = True
-        if q is not None:
-            q.close()
+            raise self._failed(e, "detach") from None
 
     def __enter__(self) -> "PlugQdisc":
         try:
@@ -387,9 +316,8 @@ class PlugQdisc:
         """Release; detach if we created the qdisc; close. Every step runs even if
         an earlier one fails; the first error is raised."""
         errors: List[BaseException] = []
-        q = self._q
-        if q is not None and q.attached:
-            steps = [self.release] + ([self.detach] if q.created else [])
+        if self.attached:
+            steps = [self.release] + ([self.detach] if self.created else [])
             for step in steps:  # detach releases again, waits for the backlog, deletes
                 try:
                     step()
@@ -400,18 +328,6 @@ class PlugQdisc:
             raise errors[0]
 
     @property
-    def device(self) -> Union[str, int]:
-        """The device's name (the kernel's, once attached; else as given)."""
-        q = self._q
-        return q.device if q is not None else self._device
-
-    @property
-    def ifindex(self) -> Optional[int]:
-        """The device's index, once attached (None before)."""
-        q = self._q
-        return q.ifindex if q is not None else None
-
-    @property
     def parent(self) -> str:
         return self._parent
 
@@ -420,32 +336,8 @@ class PlugQdisc:
         return self._handle
 
     @property
-    def limit(self) -> Optional[int]:
-        """The limit in bytes we gave the kernel (once attached; the default resolved)."""
-        q = self._q
-        if q is not None:
-            return q.limit
-        return self._limit or None
-
-    @property
     def netns(self) -> Netns:
         return self._netns
-
-    @property
-    def is_buffering(self) -> bool:
-        """Whether we last told the qdisc to hold (the kernel does not report it)."""
-        q = self._q
-        return q.is_buffering if q is not None else False
-
-    @property
-    def created(self) -> bool:
-        """Whether our attach created the qdisc (False if it adopted one)."""
-        q = self._q
-        return q.created if q is not None else False
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
 
 @contextlib.contextmanager
@@ -475,36 +367,39 @@ def plugged(
 
 # ---- the HAProxy helper's API, on one process-wide default qdisc ----
 
-def attach(device: str, parent: str = "root", id: str = "1:", limit: int = 0) -> None:
+def attach(device: str, parent: str = "root", id: str = "1:",
+           limit: Optional[int] = None) -> None:
     """``plug_qdisc_attach()``: create (or adopt) the process-wide default plug
-    qdisc and let traffic pass. ``limit`` 0 means the device's default."""
-    _check_device(device)
+    qdisc and let traffic pass. ``limit`` None or 0 means the device's default."""
     if not isinstance(device, str):
-        raise TypeError("device must be an interface name (str)")
-    _parse_parent(parent)
-    _parse_qdisc_handle(id)
-    _check_limit(limit)
+        raise TypeError("device must be an interface name (str), not %s"
+                        % type(device).__name__)
+    _check_device(device)
+    parent_id = _parse_parent(parent)
+    handle_id = _parse_qdisc_handle(id)
+    nbytes = _check_limit(limit)
     try:
-        _plugqdisc.plug_qdisc_attach(device, parent, id, limit)
+        _plugqdisc.plug_qdisc_attach(device, parent_id, handle_id, nbytes)
     except OSError as e:
-        _raise(e, "attach", "%r (parent %s, handle %s)" % (device, parent, id))
+        raise translate(e, "attach", "%r (parent %s, handle %s)" % (device, parent, id),
+                        parent=parent, handle=id) from None
 
 
-def _on_default(call: Callable[[], None], action: str) -> None:
+def _on_default(action: str) -> None:
+    call = getattr(_plugqdisc, "plug_qdisc_" + action)
     try:
         call()
     except OSError as e:
-        if e.errno == _errno.ENOTCONN:
-            raise PlugQdiscError(e.errno, "no default plug qdisc: call plugqdisc.attach() "
-                                 "first") from None
-        _raise(e, action, "the default plug qdisc")
+        if e.errno == _errno.ENOTCONN and not getattr(e, "device", ""):
+            raise not_attached_default() from None
+        raise translate(e, action, "the default plug qdisc") from None
 
 
 def plug_buffer() -> None:
     """``plug_qdisc_plug_buffer()``: the default qdisc holds from now on."""
-    _on_default(_plugqdisc.plug_qdisc_plug_buffer, "plug_buffer")
+    _on_default("plug_buffer")
 
 
 def release_indefinite_buffer() -> None:
     """``plug_qdisc_release_indefinite_buffer()``: release all and pass traffic."""
-    _on_default(_plugqdisc.plug_qdisc_release_indefinite_buffer, "release_indefinite_buffer")
+    _on_default("release_indefinite_buffer")

@@ -1,0 +1,189 @@
+"""The exceptions, and the one place where a failure's facts become words.
+
+The C core reports facts: the errno, the step it was at (``create``,
+``find_device``, ...), the kernel's extended-ack text verbatim, and what it found
+in the way. :func:`translate` picks the exception class from (errno, step) and
+writes a message that names the device, the step in the user's words, the
+kernel's text, and what to do. Nothing here matches on message text.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+from typing import Dict, Optional, Tuple, Type
+
+LAB_HINT = "python -m plugqdisc.lab -- CMD (a User-Mode Linux kernel with sch_plug)"
+
+
+class PlugQdiscError(OSError):
+    """A kernel or netlink error from the plug qdisc; ``errno`` is set.
+
+    ``step`` names what the library was doing (``"create"``, ``"find_device"``,
+    ...), ``kernel_message`` is the kernel's own text ("" if it gave none), and
+    ``device`` the device's name.
+    """
+
+    step: str = ""
+    kernel_message: str = ""
+    device: str = ""
+
+
+class KernelSupportError(PlugQdiscError):
+    """The running kernel has no plug qdisc (``sch_plug``)."""
+
+
+class DeviceNotFoundError(PlugQdiscError):
+    """No network device of that name or index (or it vanished)."""
+
+
+class ParentNotFoundError(PlugQdiscError):
+    """The parent the qdisc was to hang from (a class like ``1:1``) is not there."""
+
+
+class PlugQdiscPermissionError(PlugQdiscError, PermissionError):
+    """The caller lacks a capability: ``CAP_NET_ADMIN`` in the device's network
+    namespace, or ``CAP_SYS_ADMIN`` to enter another namespace."""
+
+
+def handle_text(h: int) -> str:
+    """A tc handle as tc writes it: ``root``, ``1:``, ``1:2``."""
+    if h == 0xFFFFFFFF:
+        return "root"
+    major, minor = h >> 16, h & 0xFFFF
+    return "%x:%x" % (major, minor) if minor else "%x:" % major
+
+
+# What each step of the C core is, in the user's words.
+_STEP_WORDS: Dict[str, str] = {
+    "check_arguments": "checking the arguments",
+    "not_attached": "",
+    "enter_netns": "entering the network namespace",
+    "open_socket": "opening a netlink socket",
+    "find_device": "looking up the device",
+    "inspect": "reading which qdisc is at {parent}",
+    "occupied": "looking at {parent}",
+    "find_parent": "finding the parent {parent}",
+    "create": "creating the plug qdisc",
+    "adopt": "setting the limit of the plug qdisc already there",
+    "remove_other": "removing the {found} qdisc in the way (replace=True)",
+    "change": "telling the plug qdisc to {action}",
+    "read_stats": "reading the plug qdisc's counters",
+    "drain": "waiting for the released packets to leave",
+    "delete": "deleting the plug qdisc",
+}
+
+
+def _class_and_advice(code: int, step: str, e: OSError, ctx: Dict[str, str]
+                      ) -> Tuple[Type[PlugQdiscError], str]:
+    """(exception class, what happened and what to do) for errno CODE at STEP."""
+    if code in (_errno.EPERM, _errno.EACCES):
+        if step == "enter_netns":
+            return PlugQdiscPermissionError, (
+                "entering another network namespace needs CAP_SYS_ADMIN (and CAP_NET_ADMIN "
+                "there): run as root, or in the lab (%s)" % LAB_HINT)
+        return PlugQdiscPermissionError, (
+            "changing qdiscs needs CAP_NET_ADMIN in the device's network namespace: run as "
+            "root, inside `unshare -rn`, or in the lab (%s)" % LAB_HINT)
+    if code == _errno.ENODEV:
+        return DeviceNotFoundError, (
+            "there is no network device %s in this network namespace (or it vanished); "
+            "`ip link` lists them" % ctx["device"])
+    if code == _errno.ENOENT and step == "create":
+        return KernelSupportError, (
+            "this kernel has no plug qdisc (sch_plug): load it with `modprobe sch_plug`, "
+            "build the kernel with CONFIG_NET_SCH_PLUG=m, or run under the lab: %s" % LAB_HINT)
+    if step == "find_parent":
+        return ParentNotFoundError, (
+            "the parent %s does not exist on %s: create its qdisc and class first "
+            "(`tc qdisc show dev %s`, `tc class show dev %s` list them), or use "
+            "parent='root'" % (ctx["parent"], ctx["device"], ctx["name"], ctx["name"]))
+    if code == _errno.EEXIST and step == "occupied":
+        return PlugQdiscError, (
+            "a %s qdisc (handle %s) is already at %s of %s: pass replace=True to replace it "
+            "(it is deleted), or use another parent/handle"
+            % (ctx["found"] or "?", handle_text(getattr(e, "found_handle", 0)),
+               ctx["parent"], ctx["device"]))
+    if code == _errno.ENOENT and step in ("read_stats", "change", "adopt", "delete"):
+        if not ctx["found"]:
+            found = "nothing is there now"
+        elif getattr(e, "found_handle", 0) == 0:
+            found = "the device's default qdisc, %s, is there now" % ctx["found"]
+        else:
+            found = "a %s qdisc (handle %s) is there now" % (
+                ctx["found"], handle_text(getattr(e, "found_handle", 0)))
+        return PlugQdiscError, (
+            "the plug qdisc %s at %s of %s is gone (deleted by someone else? %s): attach() "
+            "again" % (ctx["handle"], ctx["parent"], ctx["device"], found))
+    if code == _errno.ETIMEDOUT and step == "drain":
+        return PlugQdiscError, (
+            "%d released packets were still queued after %d ms; nothing was dropped: the "
+            "qdisc is left in place, passing traffic; call detach() again, with a longer "
+            "timeout" % (getattr(e, "held", 0), getattr(e, "waited_ms", 0)))
+    if code == _errno.ENOTCONN and step == "not_attached":
+        return PlugQdiscError, "it is not attached: call attach() first, or use `with`"
+    if code == _errno.EINVAL and step == "enter_netns":
+        return PlugQdiscError, ("the netns given is not a network namespace: pass a name "
+                                "from `ip netns list`, a path such as /proc/PID/ns/net, or "
+                                "an open fd of one")
+    if code == _errno.EMFILE or code == _errno.ENFILE:
+        return PlugQdiscError, "no file descriptor is free: close some, or raise `ulimit -n`"
+    return PlugQdiscError, "%s (errno %s)" % (os.strerror(code), _errno.errorcode.get(code, code))
+
+
+def translate(e: OSError, action: str, where: str, *, parent: str = "root",
+              handle: str = "1:", ifindex: int = 0) -> PlugQdiscError:
+    """The exception a user can act on, for the glue's OSError E raised by ACTION
+    (``"attach"``, ``"buffer"``, ...) on WHERE (the device and place, in words)."""
+    code = e.errno or _errno.EIO
+    step = str(getattr(e, "step", "") or "")
+    attach_errno = int(getattr(e, "attach_errno", 0) or 0)
+    replay = code == _errno.ENOTCONN and step == "not_attached" and attach_errno != 0
+    if replay:
+        # The last attach failed: what the user can act on is why, not "not attached".
+        code, step = attach_errno, str(getattr(e, "attach_step", ""))
+    device = str(getattr(e, "device", "") or "")
+    ctx = {"device": repr(device) if device else "with index %d" % ifindex,
+           "name": device or "DEV", "parent": parent, "handle": handle,
+           "found": str(getattr(e, "found_kind", "") or ""), "action": action}
+    cls, advice = _class_and_advice(code, step, e, ctx)
+    words = _STEP_WORDS.get(step, step).format(**ctx)
+    kernel = str(getattr(e, "kernel_message", "") or "")
+    if replay:
+        what = ": it is not attached, because attach() failed while %s" % words
+    else:
+        what = " while " + words if words else ""
+    msg = "%s on %s failed%s: %s%s" % (action, where, what, advice,
+                                       " [kernel: %s]" % kernel if kernel else "")
+    err = cls(code, msg)
+    err.step = step
+    err.kernel_message = kernel
+    err.device = device
+    return err
+
+
+def not_attached_default() -> PlugQdiscError:
+    """The HAProxy-style functions called before plugqdisc.attach()."""
+    err = PlugQdiscError(_errno.ENOTCONN, "no default plug qdisc: call plugqdisc.attach() "
+                         "first")
+    err.step = "not_attached"
+    return err
+
+
+def optional_number(value: Optional[float], name: str) -> Optional[float]:
+    """A duration in seconds: None or inf mean no limit; NaN, negatives and non-numbers
+    are refused with a message naming NAME."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("%s must be a number of seconds or None, not %s"
+                        % (name, type(value).__name__))
+    try:
+        v = float(value)
+    except OverflowError:
+        return None  # an int beyond any float: no limit, as inf
+    if v != v:
+        raise ValueError("%s must be a number of seconds, not NaN" % name)
+    if v < 0:
+        raise ValueError("%s must be >= 0 seconds, not %r" % (name, value))
+    return None if v == float("inf") else v
