@@ -111,3 +111,20 @@ def test_a_kernel_without_sch_plug_gives_kernelsupporterror() -> None:
         assert hint in got["msg"]
     assert issubclass(KernelSupportError, PlugQdiscError)
     assert issubclass(PlugQdiscError, OSError)
+
+
+def test_constructing_opens_nothing_and_the_type_is_subclassable() -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    q = PlugQdisc("lo", limit=1000)
+    assert set(os.listdir("/proc/self/fd")) == before  # no socket, no namespace fd
+    assert (q.device, q.ifindex, q.limit, q.attached, q.closed) == ("lo", None, 1000, False,
+                                                                    False)
+
+    class Tagged(PlugQdisc):
+        def __init__(self, tag: str) -> None:
+            super().__init__("lo")
+            self.tag = tag
+
+    t = Tagged("mine")
+    assert t.tag == "mine" and isinstance(t, PlugQdisc) and t.device == "lo"
+    assert PlugQdisc(7).device == 7  # an ifindex stays one until the device is found

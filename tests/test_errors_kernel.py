@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 
 import pytest
@@ -40,25 +39,6 @@ def in_child(fn) -> dict:  # type: ignore[no-untyped-def, type-arg]
         data = f.read()
     os.waitpid(pid, 0)
     return json.loads(data)  # type: ignore[no-any-return]
-
-
-def test_unknown_device() -> None:
-    with pytest.raises(DeviceNotFoundError) as e:
-        PlugQdisc("nosuchdev0").attach()
-    assert e.value.errno == errno.ENODEV
-    assert "nosuchdev0" in str(e.value) and "ip link" in str(e.value)
-    with pytest.raises(DeviceNotFoundError):
-        PlugQdisc(4242).attach()
-
-
-def test_device_that_vanished() -> None:
-    sh("ip", "link", "add", "gone0", "type", "dummy")
-    q = PlugQdisc("gone0").attach()
-    sh("ip", "link", "del", "gone0")
-    with pytest.raises(DeviceNotFoundError) as e:
-        q.buffer()
-    assert e.value.errno == errno.ENODEV
-    q.close()
 
 
 def test_another_qdisc_in_the_way_needs_replace() -> None:
@@ -99,34 +79,16 @@ def test_attaching_twice_still_knows_it_created_the_qdisc() -> None:
     assert not has_any_plug()
 
 
-def test_a_qdisc_deleted_behind_our_back_gives_a_clear_error() -> None:
-    q = PlugQdisc("lo").attach()
-    sh("tc", "qdisc", "del", "dev", "lo", "root")
-    for op in (q.buffer, q.release, q.stats):
-        with pytest.raises(PlugQdiscError) as e:
-            op()
-        assert e.value.errno == errno.ENOENT
-        assert "gone" in str(e.value)
-    q.close()
-
-
 def test_closed_object_raises_valueerror_and_close_is_idempotent() -> None:
     q = PlugQdisc("lo").attach()
     q.detach()
     q.close()
     q.close()
     assert q.closed
-    for op in (q.buffer, q.release, q.release_one, q.stats, q.attach):
-        with pytest.raises(ValueError, match="closed"):
+    for op in (q.buffer, q.release, q.release_one, q.stats, q.attach, q.detach):
+        with pytest.raises(ValueError, match="closed") as e:
             op()
-
-
-def test_use_before_attach_says_so() -> None:
-    q = PlugQdisc("lo")
-    with pytest.raises(PlugQdiscError) as e:
-        q.buffer()
-    assert e.value.errno == errno.ENOTCONN and "attach()" in str(e.value)
-    assert not has_any_plug()
+        assert not isinstance(e.value, OSError)  # outside the errno channel
 
 
 def has_any_plug() -> bool:
@@ -142,14 +104,14 @@ def test_an_unprivileged_uid_gets_permissionerror() -> None:
             PlugQdisc("lo").attach()
         except OSError as e:
             return {"cls": [c.__name__ for c in type(e).__mro__], "errno": e.errno,
-                    "msg": str(e)}
+                    "msg": str(e), "step": getattr(e, "step", "")}
         return {"cls": [], "errno": 0, "msg": "attached"}
 
     got = in_child(attempt)
     assert "PlugQdiscPermissionError" in got["cls"], got
     assert "PermissionError" in got["cls"] and "PlugQdiscError" in got["cls"]
-    assert got["errno"] == errno.EPERM
-    assert "CAP_NET_ADMIN" in got["msg"]
+    assert got["errno"] == errno.EPERM and got["step"] == "create"
+    assert "CAP_NET_ADMIN" in got["msg"] and "'lo'" in got["msg"]
     assert issubclass(PlugQdiscPermissionError, PermissionError)
     assert not has_any_plug()
 
@@ -186,13 +148,6 @@ def test_netns_name_with_a_slash_is_a_path() -> None:
     with pytest.raises(FileNotFoundError) as e:
         PlugQdisc("lo", netns="nosuchns").attach()
     assert "/run/netns/nosuchns" in str(e.value)
-
-
-def test_netns_that_is_not_a_namespace() -> None:
-    with tempfile.NamedTemporaryFile() as f:
-        with pytest.raises(PlugQdiscError) as e:
-            PlugQdisc("lo", netns=f.name).attach()
-    assert e.value.errno == errno.EINVAL
 
 
 def test_a_forked_child_gets_its_own_socket() -> None:

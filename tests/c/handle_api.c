@@ -30,6 +30,14 @@
 #define H2 0x20000u
 
 static int failures;
+
+/* The step of Q's last failure, and its name and the kernel's text for the report. */
+static enum pq_step step_of(const struct plug_qdisc *q)
+{
+    return pq_last_error(q)->step;
+}
+#define STEP(q) pq_step_name(step_of(q))
+#define KTEXT(q) (pq_last_error(q)->kernel)
 static int rx = -1, tx = -1;
 static struct sockaddr_in dst;
 
@@ -172,7 +180,8 @@ static void test_open(void)
               "lo is ifindex %d name %s", pq_ifindex(q), pq_device(q));
         check(!pq_attached(q) && !pq_is_buffering(q), "a new handle is not attached");
         rc = pq_buffer(q);
-        check(rc == -ENOTCONN, "pq_buffer before attach -> %d (%s)", rc, pq_last_message(q));
+        check(rc == -ENOTCONN && step_of(q) == PQ_STEP_STATE,
+              "pq_buffer before attach -> %d at %s", rc, STEP(q));
         rc = pq_set_limit(q, 1000);
         check(rc == -ENOTCONN, "pq_set_limit before attach -> %d", rc);
         rc = pq_detach(q, 10);
@@ -184,6 +193,26 @@ static void test_open(void)
           rc, rc == 0 ? pq_device(q) : "?");
     pq_close(q);
     pq_close(NULL);
+
+    /* pq_new does no I/O; the failure of the first attach keeps its step and facts. */
+    rc = pq_new(&q, "nosuchdev0", 0, ROOT, H1, 0);
+    check(rc == 0 && !pq_connected(q) && pq_ifindex(q) == 0, "pq_new(nosuchdev0) -> %d", rc);
+    if (rc == 0) {
+        rc = pq_attach(q, 0);
+        check(rc == -ENODEV && step_of(q) == PQ_STEP_DEVICE && pq_last_error(q)->err == ENODEV,
+              "attach nosuchdev0 -> %d at %s", rc, STEP(q));
+        pq_close(q);
+    }
+    rc = pq_new(&q, "lo", 0, 0x10001, H2, 0);
+    if (rc == 0) {
+        rc = pq_attach(q, 0);
+        check(rc == -ENOENT && step_of(q) == PQ_STEP_PARENT,
+              "attach at the missing parent 1:1 -> %d at %s (kernel: %s)", rc, STEP(q),
+              KTEXT(q));
+        rc = pq_set_netns(q, 0);
+        check(rc == -EISCONN, "pq_set_netns after connect -> %d", rc);
+        pq_close(q);
+    }
 }
 
 /* The main sequence: attach, buffer, epochs, release, adopt, -EEXIST, detach. */
@@ -199,7 +228,7 @@ static void test_epochs(void)
         return;
     rc = pq_attach(q, 0);
     check(rc == 0 && pq_created(q) == 1 && pq_attached(q) == 1 && !pq_is_buffering(q),
-          "attach -> %d created %d (%s)", rc, pq_created(q), pq_last_message(q));
+          "attach -> %d created %d (%s)", rc, pq_created(q), STEP(q));
     if (rc)
         goto out;
     send_n(1, 100, 0);
@@ -256,21 +285,24 @@ static void test_epochs(void)
     rc = pq_open(&q3, "lo", 0, ROOT, H2, 0, -1);
     if (rc == 0)
         rc = pq_attach(q3, 0);
-    check(rc == -EEXIST && !pq_attached(q3), "handle 2: -> %d (%s)", rc, pq_last_message(q3));
-    check(strstr(pq_last_message(q3), "a plug qdisc (handle 1:) is already at root of lo") != NULL,
-          "message names the plug qdisc 1:");
+    check(rc == -EEXIST && !pq_attached(q3) && step_of(q3) == PQ_STEP_OCCUPIED,
+          "handle 2: -> %d at %s", rc, STEP(q3));
+    check(strcmp(pq_last_error(q3)->found_kind, "plug") == 0 &&
+          pq_last_error(q3)->found_handle == H1, "the error names the plug qdisc 1: (%s %#x)",
+          pq_last_error(q3)->found_kind, pq_last_error(q3)->found_handle);
     pq_close(q3);
 
     rc = pq_get_stats(q, &st);
     check(rc == 0, "the first handle still works after another closed -> %d", rc);
 
     rc = pq_detach(q, 1000);
-    check(rc == 0 && !pq_attached(q), "detach -> %d (%s)", rc, pq_last_message(q));
+    check(rc == 0 && !pq_attached(q), "detach -> %d (%s)", rc, STEP(q));
     rc = pq_get_stats(q, &st);
-    check(rc == -ENOENT, "stats after detach -> %d (%s)", rc, pq_last_message(q));
-    check(strcmp(pq_last_message(q),
-                 "no plug qdisc with handle 1: at root of lo (deleted?)") == 0,
-          "stats message");
+    check(rc == -ENOENT && step_of(q) == PQ_STEP_STATS &&
+          strcmp(pq_last_error(q)->found_kind, "noqueue") == 0 &&
+          pq_last_error(q)->found_handle == 0,
+          "stats after detach -> %d at %s, found '%s' (lo's default)", rc, STEP(q),
+          pq_last_error(q)->found_kind);
     rc = pq_buffer(q);
     check(rc == -ENOTCONN, "buffer after detach -> %d", rc);
     send_n(1, 100, 9);
@@ -343,23 +375,29 @@ static void test_behind_back(void)
         goto out;
     sh("tc qdisc del dev lo root");
     rc = pq_buffer(q);
-    check(rc == -ENOENT || rc == -EINVAL, "buffer after tc deleted it -> %d (%s)", rc,
-          pq_last_message(q));
-    check(strstr(pq_last_message(q), "lo") != NULL, "the message names the device");
+    check((rc == -ENOENT || rc == -EINVAL) && step_of(q) == PQ_STEP_CHANGE,
+          "buffer after tc deleted it -> %d at %s (kernel: %s)", rc, STEP(q), KTEXT(q));
+    check(pq_last_error(q)->err == -rc, "the error record has the errno");
     rc = pq_get_stats(q, &st);
-    check(rc == -ENOENT, "stats -> %d (%s)", rc, pq_last_message(q));
+    check(rc == -ENOENT && step_of(q) == PQ_STEP_STATS, "stats -> %d at %s", rc, STEP(q));
     rc = pq_detach(q, 100);
     check(rc == -ENOENT && !pq_attached(q), "detach -> %d, attached %d", rc, pq_attached(q));
 
     sh("tc qdisc add dev lo root handle 5: pfifo");
     rc = pq_attach(q, 0);
-    check(rc == -EEXIST && !pq_attached(q), "attach over pfifo 5: -> %d (%s)", rc,
-          pq_last_message(q));
-    check(strcmp(pq_last_message(q), "a pfifo qdisc (handle 5:) is already at root of lo; "
-                 "pass replace=True to replace it") == 0, "message");
+    check(rc == -EEXIST && !pq_attached(q) && step_of(q) == PQ_STEP_OCCUPIED,
+          "attach over pfifo 5: -> %d at %s", rc, STEP(q));
+    check(strcmp(pq_last_error(q)->found_kind, "pfifo") == 0 &&
+          pq_last_error(q)->found_handle == 0x50000u, "found pfifo 5: (%s %#x)",
+          pq_last_error(q)->found_kind, pq_last_error(q)->found_handle);
+    rc = pq_buffer(q);
+    check(rc == -ENOTCONN && step_of(q) == PQ_STEP_STATE && pq_last_error(q)->attach_err ==
+          EEXIST && pq_last_error(q)->attach_step == PQ_STEP_OCCUPIED,
+          "buffer after the failed attach -> %d, and the attach's errno %d at %s", rc,
+          pq_last_error(q)->attach_err, pq_step_name(pq_last_error(q)->attach_step));
     rc = pq_attach(q, 1);
-    check(rc == 0 && pq_created(q) && pq_attached(q), "attach(replace) -> %d (%s)", rc,
-          pq_last_message(q));
+    check(rc == 0 && pq_created(q) && pq_attached(q) && pq_last_error(q)->err == 0,
+          "attach(replace) -> %d at %s", rc, STEP(q));
     rc = pq_get_stats(q, &st);
     check(rc == 0, "stats of the replacement -> %d", rc);
     send_n(1, 100, 300);
@@ -385,9 +423,12 @@ static void test_replaced(void)
         goto out;
     sh("tc qdisc replace dev lo root handle 5: pfifo");
     rc = pq_buffer(q);
-    check(rc < 0, "buffer after tc replaced it by pfifo 5: -> %d (%s)", rc, pq_last_message(q));
+    check(rc < 0 && step_of(q) == PQ_STEP_CHANGE, "buffer after tc replaced it by pfifo 5: "
+          "-> %d at %s", rc, STEP(q));
     rc = pq_detach(q, 100);
-    check(rc == -ENOENT && !pq_attached(q), "detach -> %d (%s)", rc, pq_last_message(q));
+    check(rc == -ENOENT && !pq_attached(q) && step_of(q) == PQ_STEP_STATS &&
+          strcmp(pq_last_error(q)->found_kind, "pfifo") == 0,
+          "detach -> %d at %s, found %s", rc, STEP(q), pq_last_error(q)->found_kind);
     sh("tc qdisc del dev lo root");
 out:
     pq_close(q);
@@ -408,10 +449,10 @@ static void test_class_parent(void)
     if (rc == 0)
         rc = pq_attach(q, 0);
     check(rc == 0 || rc == -EEXIST, "attach 10: at 1:1 without replace -> %d created %d (%s)",
-          rc, pq_created(q), pq_last_message(q));
+          rc, pq_created(q), STEP(q));
     if (rc == -EEXIST) {
         rc = pq_attach(q, 1);
-        check(rc == 0, "attach 10: at 1:1 with replace -> %d (%s)", rc, pq_last_message(q));
+        check(rc == 0, "attach 10: at 1:1 with replace -> %d (%s)", rc, STEP(q));
     }
     /* prio's default priomap sends normal traffic to band 2 (class 1:2); TOS 0x10
      * (lowdelay) goes to band 1 (class 1:1). */
@@ -499,7 +540,7 @@ static void test_netns(void)
         return;
     rc = pq_attach(q, 0);
     check(rc == 0 && pq_created(q) && netns_ino() == before,
-          "attach there -> %d (%s)", rc, pq_last_message(q));
+          "attach there -> %d (%s)", rc, STEP(q));
     rc = pq_get_stats(q, &st);
     check(rc == 0, "stats there -> %d", rc);
     rc = pq_open(&here, "lo", 0, ROOT, H1, 0, -1);
@@ -523,8 +564,9 @@ static int test_no_plug(void)
     if (rc)
         return 1;
     rc = pq_attach(q, 0);
-    check(rc == -ENOENT && !pq_attached(q), "attach -> %d (%s)", rc, pq_last_message(q));
-    check(strstr(pq_last_message(q), "unknown") != NULL, "the kernel's text is kept");
+    check(rc == -ENOENT && !pq_attached(q) && step_of(q) == PQ_STEP_CREATE,
+          "attach -> %d at %s", rc, STEP(q));
+    check(KTEXT(q)[0] != '\0', "the kernel's text is kept: %s", KTEXT(q));
     pq_close(q);
     printf("%s: %d failure(s)\n", failures ? "FAILED" : "PASSED", failures);
     return failures ? 1 : 0;
