@@ -93,7 +93,8 @@ def sec_ops(a: argparse.Namespace) -> dict:
     q = PlugQdisc("lo", limit=limit).attach()
     ifindex = socket.if_nametoindex("lo")
     plugqdisc.attach("lo", "root", "1:", limit)  # the default handle adopts the same qdisc
-    n = {"floor": a.n_fast, "plugqdisc": a.n_fast, "haproxy_api": a.n_fast,
+    n = {"floor_peek": a.n_fast, "floor": a.n_fast, "plugqdisc": a.n_fast,
+         "haproxy_api": a.n_fast,
          "pyroute2": a.n_pyroute2, "tc": a.n_tc}
     res: dict = {"pairs_per_round": n, "samples_us": {k: [] for k in n}, "notes": {}}
 
@@ -125,13 +126,20 @@ def sec_ops(a: argparse.Namespace) -> dict:
     # order, so that a drift of the lab's speed hits them all alike.
     floor_lib = ctypes.CDLL(a.floor)
     floor_lib.floor_pairs.restype = ctypes.c_longlong
-    floor_lib.floor_pairs.argtypes = [ctypes.c_char_p, ctypes.c_long, ctypes.c_int]
+    floor_lib.floor_pairs.argtypes = [ctypes.c_char_p, ctypes.c_long, ctypes.c_int,
+                                      ctypes.c_int]
 
-    def floor_chunk(pairs: int) -> float:
-        ns = floor_lib.floor_pairs(b"lo", pairs, limit)
+    def floor_run(pairs: int, no_peek: int) -> float:
+        ns = floor_lib.floor_pairs(b"lo", pairs, limit, no_peek)
         if ns < 0:
             raise RuntimeError("floor_pairs failed: libnl error %d" % ns)
         return ns / 1e9
+
+    def floor_chunk(pairs: int) -> float:
+        return floor_run(pairs, 1)
+
+    def floor_peek_chunk(pairs: int) -> float:
+        return floor_run(pairs, 0)
 
     def plugqdisc_chunk(pairs: int) -> float:
         t = time.perf_counter()
@@ -147,13 +155,13 @@ def sec_ops(a: argparse.Namespace) -> dict:
             plugqdisc.release_indefinite_buffer()
         return time.perf_counter() - t
 
-    fast = [("floor", floor_chunk), ("plugqdisc", plugqdisc_chunk),
-            ("haproxy_api", haproxy_chunk)]
+    fast = [("floor_peek", floor_peek_chunk), ("floor", floor_chunk),
+            ("plugqdisc", plugqdisc_chunk), ("haproxy_api", haproxy_chunk)]
     chunks = 10 if a.n_fast >= 10 else 1
     for r in range(a.rounds):
         spent = {name: 0.0 for name, _ in fast}
         for c in range(chunks):
-            for name, fn in fast[c % 3:] + fast[:c % 3]:
+            for name, fn in fast[c % len(fast):] + fast[:c % len(fast)]:
                 spent[name] += fn(a.n_fast // chunks)
         for name, _ in fast:
             res["samples_us"][name].append(spent[name] * 1e6 / (a.n_fast // chunks * chunks))

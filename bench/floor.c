@@ -5,6 +5,10 @@
  * each operation is rtnl_qdisc_plug_buffer() / rtnl_qdisc_plug_release_indefinite() on it
  * followed by rtnl_qdisc_add(sk, q, 0) (a change of the existing plug qdisc 1: at root).
  *
+ * Two ways to drive the socket: libnl's default, which peeks at every reply to size its
+ * buffer (sendmsg + two recvmsg per operation), and libnl as best driven, with peeking off
+ * and a buffer sized once (sendmsg + one recvmsg): the floor plugqdisc is measured against.
+ *
  * Built as a shared object; bench/_inner.py calls floor_pairs() through ctypes. Only
  * the loop is timed (socket set-up and the warm-up are not).
  */
@@ -26,9 +30,10 @@ static long long now_ns(void)
 
 /* Run PAIRS buffer + release pairs on the plug qdisc 1: at the root of DEVICE, after 20
  * untimed warm-up pairs; returns the nanoseconds of the timed loop, or a negative libnl
- * error. Built as a shared object and called in the benchmark's own process (ctypes),
- * so the floor and the Python variants run in the same process, turn by turn. */
-long long floor_pairs(const char *device, long pairs, int limit)
+ * error. NO_PEEK: receive without peeking, into a buffer sized once. Built as a shared
+ * object and called in the benchmark's own process (ctypes), so the floor and the Python
+ * variants run in the same process, turn by turn. */
+long long floor_pairs(const char *device, long pairs, int limit, int no_peek)
 {
     struct nl_sock *sk;
     struct rtnl_qdisc *q;
@@ -44,6 +49,10 @@ long long floor_pairs(const char *device, long pairs, int limit)
     if (!sk)
         return -NLE_NOMEM;
     err = nl_connect(sk, NETLINK_ROUTE);
+    if (err == 0 && no_peek) {
+        nl_socket_disable_msg_peek(sk);
+        err = nl_socket_set_msg_buf_size(sk, 16384);
+    }
     q = rtnl_qdisc_alloc();
     if (err < 0 || !q) {
         res = err < 0 ? err : -NLE_NOMEM;

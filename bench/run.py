@@ -128,6 +128,8 @@ def analyse(raw: dict) -> dict:
                       "notes": ops["notes"], "final_stats": ops["final_stats"]}
         b = rows["plugqdisc"]["median"]
         targets.append(target("(b)/(a) PlugQdisc vs C floor", b / floor, "<=", 1.10))
+        if rows.get("floor_peek"):
+            out["ops"]["floor_peek_ratio"] = rows["floor_peek"]["median"] / floor
         targets.append(target("(c)/(a) HAProxy API vs C floor",
                               rows["haproxy_api"]["median"] / floor, "<=", 1.10))
         if rows["pyroute2"]:
@@ -198,7 +200,9 @@ def table(res: dict) -> str:
     L.append("*" + NOTE + "*")
     ops = res.get("ops")
     if ops:
-        names = {"floor": "(a) C loop over libnl (floor)",
+        names = {"floor_peek": "(a0) C loop over libnl, default socket (peeks: 3 syscalls per "
+                               "operation)",
+                 "floor": "(a) C loop over libnl, peeking off (2 syscalls: the floor)",
                  "plugqdisc": "(b) `PlugQdisc.buffer()` / `release()`",
                  "haproxy_api": "(c) `plug_buffer()` / `release_indefinite_buffer()`",
                  "pyroute2": "(d) pyroute2 `IPRoute().tc(\"change\", \"plug\", ...)`",
