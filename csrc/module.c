@@ -253,6 +253,90 @@ Qdisc_traverse(QdiscObject *self, visitproc visit, void *arg)
     return 0;
 }
 
+/* Copy the bytes object (or None) O of length 4 or 16 into BUF; *HAS set. 0 or -1. */
+static int
+term_address(PyObject *o, uint8_t *buf, int *has)
+{
+    if (o == Py_None) {
+        *has = 0;
+        return 0;
+    }
+    char *data;
+    Py_ssize_t n;
+    if (PyBytes_AsStringAndSize(o, &data, &n) < 0)
+        return -1;
+    if (n != 4 && n != 16) {
+        PyErr_SetString(PyExc_ValueError, "an address is 4 or 16 bytes");
+        return -1;
+    }
+    memcpy(buf, data, (size_t)n);
+    *has = 1;
+    return 0;
+}
+
+/* Fill T from the tuple plugqdisc/_match.py builds: (kind, family, ip_proto, src,
+ * src_mask, dst, dst_mask, sport_lo, sport_hi, dport_lo, dport_hi, syn, mark, mark_mask).
+ * 0 or -1 with an exception. */
+static int
+term_from_tuple(PyObject *tup, struct pq_term *t)
+{
+    PyObject *src, *srcm, *dst, *dstm;
+    int kind, has_mask;
+    unsigned int sport_lo, sport_hi, dport_lo, dport_hi, mark, mark_mask;
+    memset(t, 0, sizeof(*t));
+    if (!PyArg_ParseTuple(tup, "iiiOOOOIIIIpII:term", &kind, &t->family, &t->ip_proto, &src,
+                          &srcm, &dst, &dstm, &sport_lo, &sport_hi, &dport_lo, &dport_hi,
+                          &t->syn, &mark, &mark_mask))
+        return -1;
+    t->mark = mark;
+    t->mark_mask = mark_mask;
+    t->kind = (enum pq_term_kind)kind;
+    t->sport_lo = (uint16_t)sport_lo;
+    t->sport_hi = (uint16_t)sport_hi;
+    t->dport_lo = (uint16_t)dport_lo;
+    t->dport_hi = (uint16_t)dport_hi;
+    if (term_address(src, t->src, &t->has_src) < 0 ||
+        term_address(srcm, t->src_mask, &has_mask) < 0 ||
+        term_address(dst, t->dst, &t->has_dst) < 0 ||
+        term_address(dstm, t->dst_mask, &has_mask) < 0)
+        return -1;
+    return 0;
+}
+
+PyDoc_STRVAR(set_hold_doc, "_set_hold($self, ingress, terms, /)\n--\n\n"
+"What to hold, before the first attach (pq_set_hold): ingress or egress, and the terms\n"
+"(tuples built by plugqdisc._match) that select packets; () holds everything.");
+static PyObject *
+Qdisc_set_hold(QdiscObject *self, PyObject *args)
+{
+    int ingress;
+    PyObject *seq;
+    if (!PyArg_ParseTuple(args, "pO:_set_hold", &ingress, &seq))
+        return NULL;
+    PyObject *fast = PySequence_Fast(seq, "terms must be a sequence");
+    if (fast == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    struct pq_term *terms = n ? PyMem_Calloc((size_t)n, sizeof(*terms)) : NULL;
+    if (n && terms == NULL) {
+        Py_DECREF(fast);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (term_from_tuple(PySequence_Fast_GET_ITEM(fast, i), &terms[i]) < 0) {
+            PyMem_Free(terms);
+            Py_DECREF(fast);
+            return NULL;
+        }
+    }
+    Py_DECREF(fast);
+    int rc;
+    struct errinfo ei;
+    LOCKED(self, rc, pq_set_hold(self->q, ingress, terms, (int)n), &ei);
+    PyMem_Free(terms);
+    return result(rc, &ei);
+}
+
 PyDoc_STRVAR(attach_doc, "_attach($self, replace, netns_fd, /)\n--\n\n"
 "Create the plug qdisc, or adopt ours already there (pq_attach); then release it.\n"
 "netns_fd >= 0: the namespace to work in, used by the first attach only.");
@@ -430,6 +514,7 @@ Qdisc_get_closed(QdiscObject *self, void *unused)
 }
 
 static PyMethodDef Qdisc_methods[] = {
+    {"_set_hold", (PyCFunction)Qdisc_set_hold, METH_VARARGS, set_hold_doc},
     {"_attach", (PyCFunction)Qdisc_attach, METH_VARARGS, attach_doc},
     {"_buffer", (PyCFunction)Qdisc_buffer, METH_NOARGS, buffer_doc},
     {"_release_one", (PyCFunction)Qdisc_release_one, METH_NOARGS, release_one_doc},

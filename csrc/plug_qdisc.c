@@ -13,7 +13,7 @@
  * fits the buffer set once. Only the device lookup, whose reply can be large, peeks.
  */
 #define _GNU_SOURCE
-#include "plug_qdisc.h"
+#include "pq_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -56,24 +56,6 @@
  * with its statistics is a few hundred bytes. */
 #define PQ_RECV_BUF 16384
 
-struct plug_qdisc {
-    struct nl_sock *sk;
-    unsigned long sk_gen;      /* pq_fork_generation() when sk was made: forked if it moved */
-    int netns_fd;              /* our namespace (given, or the first connecting thread's) */
-    int connected;             /* namespace taken and device looked up */
-    int ifindex;
-    char device[IFNAMSIZ];
-    uint32_t parent;
-    uint32_t handle;
-    uint32_t limit;            /* limit in force (what we last sent); 0 before connect */
-    uint32_t asked_limit;      /* the caller's limit, 0 for the device's default */
-    uint32_t default_limit;    /* the device's default, computed at connect */
-    int is_buffering;
-    int created;
-    int attached;
-    int kerr;                  /* errno from the kernel's last nlmsgerr, 0 if none */
-    struct pq_error e;         /* the last call's failure */
-};
 
 /* The one global: the handle behind the HAProxy-compatible API. */
 static struct plug_qdisc *default_handle;
@@ -98,6 +80,11 @@ static const char *const step_names[PQ_STEP_COUNT] = {
     [PQ_STEP_STATS] = "read_stats",
     [PQ_STEP_DRAIN] = "drain",
     [PQ_STEP_DELETE] = "delete",
+    [PQ_STEP_TREE] = "make_tree",
+    [PQ_STEP_IFB] = "make_ifb",
+    [PQ_STEP_INGRESS] = "make_ingress",
+    [PQ_STEP_FILTER] = "add_filter",
+    [PQ_STEP_UNDO] = "undo",
 };
 
 const char *pq_step_name(enum pq_step step)
@@ -136,7 +123,7 @@ static int nle_to_errno(int nle)
 
 /* Turn the result of a libnl call into 0 or -errno: the kernel's own errno when the
  * kernel answered with an error (our error callback stored it), else the mapped NLE_*. */
-static int nl_result(struct plug_qdisc *q, int nlerr)
+int pq__nl_result(struct plug_qdisc *q, int nlerr)
 {
     if (q->kerr)
         return -q->kerr;
@@ -147,7 +134,7 @@ static int nl_result(struct plug_qdisc *q, int nlerr)
 
 /* Record that the call failed with ERR (negative) at STEP; the kernel's text, if any, is
  * already in q->e.kernel. Returns ERR. */
-static int fail(struct plug_qdisc *q, enum pq_step step, int err)
+int pq__fail(struct plug_qdisc *q, enum pq_step step, int err)
 {
     q->e.err = -err;
     q->e.step = step;
@@ -155,7 +142,7 @@ static int fail(struct plug_qdisc *q, enum pq_step step, int err)
 }
 
 /* Forget the previous request's kernel error before sending a new one. */
-static void clear_kerr(struct plug_qdisc *q)
+void pq__clear_kerr(struct plug_qdisc *q)
 {
     q->kerr = 0;
     q->e.kernel[0] = '\0';
@@ -290,18 +277,18 @@ static int make_socket(struct plug_qdisc *q)
 
     saved = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
     if (saved < 0)
-        return fail(q, PQ_STEP_NETNS, -errno);
+        return pq__fail(q, PQ_STEP_NETNS, -errno);
     if (same_file(saved, q->netns_fd)) {
         /* Already there: no setns, which would need CAP_SYS_ADMIN. */
         err = connect_here(q, &sk);
         close(saved);
         if (err < 0)
-            return fail(q, PQ_STEP_SOCKET, err);
+            return pq__fail(q, PQ_STEP_SOCKET, err);
     } else {
         if (setns(q->netns_fd, CLONE_NEWNET) < 0) {
             err = -errno;
             close(saved);
-            return fail(q, PQ_STEP_NETNS, err);
+            return pq__fail(q, PQ_STEP_NETNS, err);
         }
         err = connect_here(q, &sk);
         if (setns(saved, CLONE_NEWNET) < 0) {
@@ -312,11 +299,11 @@ static int make_socket(struct plug_qdisc *q)
             if (sk)
                 nl_socket_free(sk);
             close(saved);
-            return fail(q, PQ_STEP_NETNS, back);
+            return pq__fail(q, PQ_STEP_NETNS, back);
         }
         close(saved);
         if (err < 0)
-            return fail(q, PQ_STEP_SOCKET, err);
+            return pq__fail(q, PQ_STEP_SOCKET, err);
     }
     q->sk = sk;
     q->sk_gen = pq_fork_generation();
@@ -334,18 +321,18 @@ static int lookup_link(struct plug_qdisc *q)
     const char *name;
     int err;
 
-    clear_kerr(q);
+    pq__clear_kerr(q);
     nl_socket_enable_msg_peek(q->sk);
     err = rtnl_link_get_kernel(q->sk, q->device[0] ? 0 : q->ifindex,
                                q->device[0] ? q->device : NULL, &link);
     nl_socket_disable_msg_peek(q->sk);
-    err = nl_result(q, err);
+    err = pq__nl_result(q, err);
     if (err == 0 && !link)
         err = -ENODEV;
     if (err == -ENOENT)
         err = -ENODEV; /* what the kernel says for a name it does not know */
     if (err < 0)
-        return fail(q, PQ_STEP_DEVICE, err);
+        return pq__fail(q, PQ_STEP_DEVICE, err);
     q->ifindex = rtnl_link_get_ifindex(link);
     name = rtnl_link_get_name(link);
     if (name)
@@ -398,7 +385,7 @@ int pq_connect(struct plug_qdisc *q)
          * thread that has since moved) lands in the same one. */
         q->netns_fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
         if (q->netns_fd < 0)
-            return fail(q, PQ_STEP_NETNS, -errno);
+            return pq__fail(q, PQ_STEP_NETNS, -errno);
     }
     if (!q->sk || q->sk_gen != pq_fork_generation()) {
         if (q->sk)
@@ -412,6 +399,11 @@ int pq_connect(struct plug_qdisc *q)
     if (err < 0)
         return err;
     q->limit = q->asked_limit ? q->asked_limit : q->default_limit;
+    if (!q->ingress) {
+        /* Plain: the plug is at PARENT of the device; match mode: a leaf of the prio. */
+        q->pl_ifindex = q->ifindex;
+        q->pl_parent = q->nterms ? (PQ_TREE_HANDLE | 2) : q->parent;
+    }
     q->connected = 1;
     return 0;
 }
@@ -419,7 +411,7 @@ int pq_connect(struct plug_qdisc *q)
 /* ------------------------------------------------------------------------------------ */
 /* requests                                                                             */
 
-/* A qdisc object of KIND (NULL: any) at our place with our handle, for a request; NULL
+/* A plug qdisc object (KIND, NULL: any) at the plug's place with our handle; NULL
  * and *err set to a libnl error (-NLE_*) on failure. The caller puts it. */
 static struct rtnl_qdisc *our_qdisc(const struct plug_qdisc *q, const char *kind, int *err)
 {
@@ -428,8 +420,8 @@ static struct rtnl_qdisc *our_qdisc(const struct plug_qdisc *q, const char *kind
     *err = -NLE_NOMEM;
     if (!qd)
         return NULL;
-    rtnl_tc_set_ifindex(TC_CAST(qd), q->ifindex);
-    rtnl_tc_set_parent(TC_CAST(qd), q->parent);
+    rtnl_tc_set_ifindex(TC_CAST(qd), q->pl_ifindex);
+    rtnl_tc_set_parent(TC_CAST(qd), q->pl_parent);
     rtnl_tc_set_handle(TC_CAST(qd), q->handle);
     *err = kind ? rtnl_tc_set_kind(TC_CAST(qd), kind) : 0;
     if (*err < 0) {
@@ -449,7 +441,7 @@ static int send_plug(struct plug_qdisc *q, int flags, int action, uint32_t limit
 
     qd = our_qdisc(q, "plug", &err);
     if (!qd)
-        return nl_result(q, err);
+        return pq__nl_result(q, err);
     /* libnl sends {action, limit} every time; set the limit first so that a creation
      * carries the real limit whatever the action (a 0 limit drops every packet). */
     err = rtnl_qdisc_plug_set_limit(qd, (int)limit);
@@ -470,11 +462,11 @@ static int send_plug(struct plug_qdisc *q, int flags, int action, uint32_t limit
     }
     if (err < 0)
         goto out;
-    clear_kerr(q);
+    pq__clear_kerr(q);
     err = rtnl_qdisc_add(q->sk, qd, flags);
 out:
     rtnl_qdisc_put(qd);
-    return nl_result(q, err);
+    return pq__nl_result(q, err);
 }
 
 /* Ack callback of tc_request: the exchange is over. Returns NL_STOP. */
@@ -485,9 +477,9 @@ static int on_ack(struct nl_msg *msg, void *arg)
     return NL_STOP;
 }
 
-/* Send a tc request (TYPE, FLAGS, tcmsg fields) whose answer is an ack, after any reply
+/* Send a tc request (TYPE, FLAGS, tcmsg fields) about IFINDEX whose answer is an ack, after any reply
  * that ON_REPLY (may be NULL) parses. 0 or -errno (the kernel's). */
-static int tc_request(struct plug_qdisc *q, int type, int flags, uint32_t parent,
+static int tc_request(struct plug_qdisc *q, int type, int flags, int ifindex, uint32_t parent,
                       uint32_t handle, int (*on_reply)(struct nl_msg *, void *), void *arg)
 {
     struct tcmsg tcm;
@@ -502,7 +494,7 @@ static int tc_request(struct plug_qdisc *q, int type, int flags, uint32_t parent
         return -ENOMEM;
     memset(&tcm, 0, sizeof(tcm));
     tcm.tcm_family = AF_UNSPEC;
-    tcm.tcm_ifindex = q->ifindex;
+    tcm.tcm_ifindex = ifindex;
     tcm.tcm_parent = parent;
     tcm.tcm_handle = handle;
     err = nlmsg_append(msg, &tcm, sizeof(tcm), NLMSG_ALIGNTO);
@@ -523,14 +515,14 @@ static int tc_request(struct plug_qdisc *q, int type, int flags, uint32_t parent
     if (on_reply)
         nl_cb_set(cb, NL_CB_VALID, NL_CB_CUSTOM, on_reply, arg);
     nl_cb_set(cb, NL_CB_ACK, NL_CB_CUSTOM, on_ack, &done);
-    clear_kerr(q);
+    pq__clear_kerr(q);
     err = nl_send_auto(q->sk, msg);
     nlmsg_free(msg);
     /* One datagram per call: a reply, then the ack; our error callback stops it early. */
     while (err >= 0 && !done)
         err = nl_recvmsgs(q->sk, cb);
     nl_cb_put(cb);
-    return nl_result(q, err);
+    return pq__nl_result(q, err);
 }
 
 /* nl_msg_parse callback: keep (a reference to) the first qdisc object of the reply. */
@@ -552,10 +544,10 @@ static int on_qdisc_reply(struct nl_msg *msg, void *arg)
     return NL_OK;
 }
 
-/* Ask the kernel what qdisc is at our place (one RTM_GETQDISC, no dump). *out gets a
- * reference the caller puts, or NULL if the kernel reported nothing there (ENOENT, or
- * EINVAL for a built-in qdisc such as noop that it refuses to report). 0 or -errno. */
-static int get_qdisc(struct plug_qdisc *q, struct rtnl_qdisc **out)
+/* Ask the kernel what qdisc is at PARENT of IFINDEX (one RTM_GETQDISC, no dump). *out
+ * gets a reference the caller puts, or NULL if the kernel reported nothing there (ENOENT,
+ * or EINVAL for a built-in qdisc such as noop that it refuses to report). 0 or -errno. */
+int pq__get_qdisc(struct plug_qdisc *q, int ifindex, uint32_t parent, struct rtnl_qdisc **out)
 {
     struct rtnl_qdisc *qd = NULL;
     int err;
@@ -563,12 +555,12 @@ static int get_qdisc(struct plug_qdisc *q, struct rtnl_qdisc **out)
     *out = NULL;
     /* NLM_F_ECHO: kernels before 6.5 only multicast the answer to a GET unless asked to
      * echo it to the sender; the ack ends the exchange in every case. */
-    err = tc_request(q, RTM_GETQDISC, NLM_F_ECHO, q->parent, 0, on_qdisc_reply, &qd);
+    err = tc_request(q, RTM_GETQDISC, NLM_F_ECHO, ifindex, parent, 0, on_qdisc_reply, &qd);
     if (err == -ENOENT || err == -EINVAL) {
         /* Nothing reportable at that place. */
         if (qd)
             rtnl_qdisc_put(qd);
-        clear_kerr(q);
+        pq__clear_kerr(q);
         return 0;
     }
     if (err < 0) {
@@ -590,8 +582,8 @@ static int parent_exists(struct plug_qdisc *q)
 
     if (q->parent == TC_H_ROOT)
         return 1;
-    err = tc_request(q, RTM_GETTCLASS, 0, 0, q->parent, NULL, NULL);
-    clear_kerr(q);
+    err = tc_request(q, RTM_GETTCLASS, 0, q->ifindex, 0, q->parent, NULL, NULL);
+    pq__clear_kerr(q);
     if (err == 0)
         return 1;
     if (err == -ENOENT || err == -EINVAL)
@@ -611,7 +603,7 @@ static int is_our_plug(const struct plug_qdisc *q, struct rtnl_qdisc *qd)
 }
 
 /* Record what qdisc QD (may be NULL) is, in the error's found_* facts. */
-static void note_found(struct plug_qdisc *q, struct rtnl_qdisc *qd)
+void pq__note_found(struct plug_qdisc *q, struct rtnl_qdisc *qd)
 {
     const char *kind = qd ? rtnl_tc_get_kind(TC_CAST(qd)) : NULL;
 
@@ -627,14 +619,14 @@ static int read_stats(struct plug_qdisc *q, struct pq_stats *st)
     struct rtnl_tc *tc;
     int err;
 
-    err = get_qdisc(q, &qd);
+    err = pq__get_qdisc(q, q->pl_ifindex, q->pl_parent, &qd);
     if (err < 0)
-        return fail(q, PQ_STEP_STATS, err);
+        return pq__fail(q, PQ_STEP_STATS, err);
     if (!is_our_plug(q, qd)) {
-        note_found(q, qd);
+        pq__note_found(q, qd);
         if (qd)
             rtnl_qdisc_put(qd);
-        return fail(q, PQ_STEP_STATS, -ENOENT);
+        return pq__fail(q, PQ_STEP_STATS, -ENOENT);
     }
     tc = TC_CAST(qd);
     if (st) {
@@ -650,19 +642,39 @@ static int read_stats(struct plug_qdisc *q, struct pq_stats *st)
     return 0;
 }
 
-/* Send RTM_DELQDISC for the qdisc of KIND with our handle at our place. 0 or -errno. */
-static int delete_qdisc(struct plug_qdisc *q, const char *kind)
+/* Send RTM_DELQDISC for the qdisc of KIND (NULL: any) with HANDLE at PARENT of IFINDEX.
+ * 0 or -errno. */
+int pq__delete_qdisc(struct plug_qdisc *q, int ifindex, uint32_t parent, uint32_t handle,
+                     const char *kind)
 {
-    struct rtnl_qdisc *qd;
+    struct rtnl_qdisc *qd = rtnl_qdisc_alloc();
     int err;
 
-    qd = our_qdisc(q, kind, &err);
     if (!qd)
-        return nl_result(q, err);
-    clear_kerr(q);
-    err = rtnl_qdisc_delete(q->sk, qd);
+        return -ENOMEM;
+    rtnl_tc_set_ifindex(TC_CAST(qd), ifindex);
+    rtnl_tc_set_parent(TC_CAST(qd), parent);
+    rtnl_tc_set_handle(TC_CAST(qd), handle);
+    err = kind ? rtnl_tc_set_kind(TC_CAST(qd), kind) : 0;
+    if (err == 0) {
+        pq__clear_kerr(q);
+        err = rtnl_qdisc_delete(q->sk, qd);
+    }
     rtnl_qdisc_put(qd);
-    return nl_result(q, err);
+    return pq__nl_result(q, err);
+}
+
+/* Delete our plug at its place. 0 or -errno. */
+static int delete_plug(struct plug_qdisc *q)
+{
+    return pq__delete_qdisc(q, q->pl_ifindex, q->pl_parent, q->handle, "plug");
+}
+
+/* Send MSG (freed) and wait for its ack. 0 or -errno. */
+int pq__send(struct plug_qdisc *q, struct nl_msg *msg)
+{
+    pq__clear_kerr(q);
+    return pq__nl_result(q, nl_send_sync(q->sk, msg));
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -757,13 +769,51 @@ int pq_set_netns(struct plug_qdisc *q, int netns_fd)
         return -EINVAL;
     reset_error(q);
     if (q->connected)
-        return fail(q, PQ_STEP_ARGS, -EISCONN);
+        return pq__fail(q, PQ_STEP_ARGS, -EISCONN);
     fd = fcntl(netns_fd, F_DUPFD_CLOEXEC, 0);
     if (fd < 0)
-        return fail(q, PQ_STEP_NETNS, -errno);
+        return pq__fail(q, PQ_STEP_NETNS, -errno);
     if (q->netns_fd >= 0)
         close(q->netns_fd);
     q->netns_fd = fd;
+    return 0;
+}
+
+/* What to hold: ingress or egress, all or what TERMS select. 0, -EISCONN, -EINVAL. */
+int pq_set_hold(struct plug_qdisc *q, int ingress, const struct pq_term *terms, int nterms)
+{
+    struct pq_term *copy = NULL;
+    int i;
+
+    if (!q || nterms < 0 || (nterms > 0 && !terms))
+        return -EINVAL;
+    reset_error(q);
+    if (q->connected)
+        return pq__fail(q, PQ_STEP_ARGS, -EISCONN);
+    if ((ingress || nterms) && q->parent != TC_H_ROOT)
+        return pq__fail(q, PQ_STEP_ARGS, -EINVAL);
+    if (nterms && (q->handle == PQ_TREE_HANDLE || q->handle == TC_H_INGRESS))
+        return pq__fail(q, PQ_STEP_ARGS, -EINVAL);
+    for (i = 0; i < nterms; i++) {
+        const struct pq_term *t = &terms[i];
+
+        if (t->kind == PQ_TERM_MARK ? (t->mark & t->mark_mask) != t->mark || t->mark == 0
+                                    : t->kind != PQ_TERM_FLOWER ||
+                                      (t->family != AF_INET && t->family != AF_INET6) ||
+                                      t->ip_proto > 255 || t->sport_lo > t->sport_hi ||
+                                      t->dport_lo > t->dport_hi)
+            return pq__fail(q, PQ_STEP_ARGS, -EINVAL);
+    }
+    if (nterms) {
+        copy = calloc((size_t)nterms, sizeof(*copy));
+        if (!copy)
+            return -ENOMEM;
+        memcpy(copy, terms, (size_t)nterms * sizeof(*copy));
+    }
+    free(q->terms);
+    q->terms = copy;
+    q->nterms = nterms;
+    q->ingress = ingress ? 1 : 0;
     return 0;
 }
 
@@ -797,11 +847,32 @@ static int create_failed(struct plug_qdisc *q, int err)
     int exists;
 
     if (err != -ENOENT)
-        return fail(q, PQ_STEP_CREATE, err);
+        return pq__fail(q, PQ_STEP_CREATE, err);
     memcpy(kernel, q->e.kernel, sizeof(kernel));
     exists = parent_exists(q);
     memcpy(q->e.kernel, kernel, sizeof(kernel)); /* the create's text, not the probe's */
-    return fail(q, exists == 0 ? PQ_STEP_PARENT : PQ_STEP_CREATE, err);
+    return pq__fail(q, exists == 0 ? PQ_STEP_PARENT : PQ_STEP_CREATE, err);
+}
+
+/* Create the plug at its place with the limit (CREATE|EXCL) and release it; a plug that
+ * cannot be released is deleted again. 0 or -errno, step recorded. */
+int pq__create_plug(struct plug_qdisc *q)
+{
+    int err = send_plug(q, NLM_F_CREATE | NLM_F_EXCL, TCQ_PLUG_LIMIT, q->limit);
+
+    if (err < 0)
+        return create_failed(q, err);
+    /* A new plug qdisc holds; the contract is that traffic passes after attach. */
+    err = send_plug(q, 0, TCQ_PLUG_RELEASE_INDEFINITE, q->limit);
+    if (err < 0) {
+        struct pq_error keep;
+
+        pq__fail(q, PQ_STEP_CHANGE, err);
+        keep = q->e;
+        (void)delete_plug(q);
+        q->e = keep;
+    }
+    return err;
 }
 
 /* Create or adopt the plug qdisc at the handle's place, then release it. 0 or -errno. */
@@ -813,10 +884,24 @@ int pq_attach(struct plug_qdisc *q, int replace)
     if (!q)
         return -EINVAL;
     err = begin(q);
+    if (err == 0 && (q->ingress || q->nterms)) {
+        /* A selective or ingress hold: the tree is ours alone, made once. */
+        if (!q->attached) {
+            err = pq__tree_attach(q, replace);
+            if (err < 0)
+                goto out;
+            q->created = 1;
+            q->is_buffering = 0;
+            q->attached = 1;
+        }
+        q->e.attach_err = 0;
+        q->e.attach_step = PQ_STEP_NONE;
+        return 0;
+    }
     if (err == 0) {
-        err = get_qdisc(q, &qd);
+        err = pq__get_qdisc(q, q->ifindex, q->parent, &qd);
         if (err < 0)
-            fail(q, PQ_STEP_INSPECT, err);
+            pq__fail(q, PQ_STEP_INSPECT, err);
     }
     if (err < 0)
         goto out;
@@ -833,15 +918,16 @@ int pq_attach(struct plug_qdisc *q, int replace)
         created = q->attached && q->created;
         err = q->asked_limit ? send_plug(q, 0, TCQ_PLUG_LIMIT, q->limit) : 0;
         if (err < 0)
-            fail(q, PQ_STEP_ADOPT, err);
+            pq__fail(q, PQ_STEP_ADOPT, err);
     } else if (replace && rtnl_tc_get_handle(TC_CAST(qd)) == q->handle) {
         /* Same handle, other kind: the kernel takes a replace as a change of that qdisc
          * and refuses the kind ("Invalid qdisc name"). Delete it, then create ours. */
         created = 1;
-        err = delete_qdisc(q, rtnl_tc_get_kind(TC_CAST(qd)));
+        err = pq__delete_qdisc(q, q->ifindex, q->parent, q->handle,
+                               rtnl_tc_get_kind(TC_CAST(qd)));
         if (err < 0) {
-            note_found(q, qd);
-            fail(q, PQ_STEP_REMOVE_OTHER, err);
+            pq__note_found(q, qd);
+            pq__fail(q, PQ_STEP_REMOVE_OTHER, err);
         } else {
             err = send_plug(q, NLM_F_CREATE | NLM_F_EXCL, TCQ_PLUG_LIMIT, q->limit);
             if (err < 0)
@@ -853,8 +939,8 @@ int pq_attach(struct plug_qdisc *q, int replace)
         if (err < 0)
             create_failed(q, err);
     } else {
-        note_found(q, qd);
-        err = fail(q, PQ_STEP_OCCUPIED, -EEXIST);
+        pq__note_found(q, qd);
+        err = pq__fail(q, PQ_STEP_OCCUPIED, -EEXIST);
     }
     if (qd)
         rtnl_qdisc_put(qd);
@@ -865,11 +951,11 @@ int pq_attach(struct plug_qdisc *q, int replace)
     if (err < 0) {
         /* Never leave a qdisc we made holding the device's traffic with nobody in charge
          * of it: take it away again (it holds nothing we were asked to keep). */
-        fail(q, PQ_STEP_CHANGE, err);
+        pq__fail(q, PQ_STEP_CHANGE, err);
         if (created) {
             struct pq_error keep = q->e;
 
-            (void)delete_qdisc(q, "plug");
+            (void)delete_plug(q);
             q->e = keep;
         }
         q->attached = 0;
@@ -896,13 +982,13 @@ static int plug_action(struct plug_qdisc *q, int action, uint32_t limit)
         return -EINVAL;
     reset_error(q);
     if (!q->attached)
-        return fail(q, PQ_STEP_STATE, -ENOTCONN);
+        return pq__fail(q, PQ_STEP_STATE, -ENOTCONN);
     err = begin(q);
     if (err < 0)
         return err;
     err = send_plug(q, 0, action, limit);
     if (err < 0)
-        return fail(q, PQ_STEP_CHANGE, err);
+        return pq__fail(q, PQ_STEP_CHANGE, err);
     return 0;
 }
 
@@ -958,6 +1044,8 @@ int pq_get_stats(struct plug_qdisc *q, struct pq_stats *st)
     err = begin(q);
     if (err < 0)
         return err;
+    if (!q->attached && (q->ingress || q->nterms))
+        return pq__fail(q, PQ_STEP_STATE, -ENOTCONN); /* no tree, no plug to read */
     return read_stats(q, st);
 }
 
@@ -995,6 +1083,12 @@ int pq_detach(struct plug_qdisc *q, int timeout_ms)
     }
     if (err < 0)
         return err;
+    if (q->ingress || q->nterms) {
+        /* Send nothing more to the plug, then let it drain. */
+        err = pq__tree_divert_off(q);
+        if (err < 0)
+            return err;
+    }
 
     start = now_ms();
     deadline = start + (timeout_ms > 0 ? timeout_ms : 0);
@@ -1009,16 +1103,22 @@ int pq_detach(struct plug_qdisc *q, int timeout_ms)
         if (now_ms() >= deadline) {
             q->e.held = st.qlen;
             q->e.waited_ms = (uint32_t)(now_ms() - start);
-            return fail(q, PQ_STEP_DRAIN, -ETIMEDOUT);
+            return pq__fail(q, PQ_STEP_DRAIN, -ETIMEDOUT);
         }
         nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
     }
 
-    err = delete_qdisc(q, "plug");
-    if (err == -ENOENT)
-        q->attached = 0;
-    if (err < 0)
-        return fail(q, PQ_STEP_DELETE, err);
+    if (q->ingress || q->nterms) {
+        err = pq__tree_remove(q);
+        if (err < 0)
+            return err;
+    } else {
+        err = delete_plug(q);
+        if (err == -ENOENT)
+            q->attached = 0;
+        if (err < 0)
+            return pq__fail(q, PQ_STEP_DELETE, err);
+    }
     q->attached = 0;
     q->is_buffering = 0;
     return 0;
@@ -1033,6 +1133,7 @@ void pq_close(struct plug_qdisc *q)
         nl_socket_free(q->sk);
     if (q->netns_fd >= 0)
         close(q->netns_fd);
+    free(q->terms);
     if (q == default_handle)
         default_handle = NULL;
     free(q);

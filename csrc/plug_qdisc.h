@@ -67,6 +67,11 @@ enum pq_step {
     PQ_STEP_STATS,      /* reading our qdisc (ENOENT: not there; found_kind says what is) */
     PQ_STEP_DRAIN,      /* waiting for the backlog to drain (ETIMEDOUT; held) */
     PQ_STEP_DELETE,     /* deleting the plug qdisc */
+    PQ_STEP_TREE,       /* match mode: creating the prio qdisc that sorts packets */
+    PQ_STEP_IFB,        /* ingress: creating the ifb device (found_kind "ifb": one is there) */
+    PQ_STEP_INGRESS,    /* ingress: creating the ingress qdisc on the device */
+    PQ_STEP_FILTER,     /* adding a filter; found_kind names its classifier or action */
+    PQ_STEP_UNDO,       /* removing what attach added (filters, prio, ingress, ifb) */
     PQ_STEP_COUNT
 };
 
@@ -80,6 +85,24 @@ struct pq_error {
     uint32_t waited_ms;     /* DRAIN: how long it waited */
     int attach_err;         /* STATE: the errno of the last failed attach, 0 if none */
     enum pq_step attach_step; /* STATE: and its step */
+};
+
+/* What a selective hold holds: a packet is held when any term matches it, and a term
+ * matches when all of its fields do. FAMILY is AF_INET or AF_INET6 (flower terms); a term
+ * of kind PQ_TERM_MARK matches the packet's mark alone (any protocol). */
+enum pq_term_kind { PQ_TERM_FLOWER = 1, PQ_TERM_MARK = 2 };
+
+struct pq_term {
+    enum pq_term_kind kind;
+    int family;                 /* AF_INET, AF_INET6 (flower) */
+    int ip_proto;               /* -1: any; else 0-255 */
+    int has_src, has_dst;
+    uint8_t src[16], src_mask[16];   /* network order; 4 bytes used for AF_INET */
+    uint8_t dst[16], dst_mask[16];
+    uint16_t sport_lo, sport_hi;     /* 0, 0: any; lo == hi: one port */
+    uint16_t dport_lo, dport_hi;
+    int syn;                    /* TCP SYN set and ACK clear */
+    uint32_t mark, mark_mask;   /* PQ_TERM_MARK: (skb mark & mask) == mark, mark != 0 */
 };
 
 /* A short lower-case identifier of STEP ("create", "find_device", ...), for programs. */
@@ -102,6 +125,15 @@ int pq_set_netns(struct plug_qdisc *q, int netns_fd);
 /* Take the namespace, open the socket and look the device up (one RTM_GETLINK); once.
  * Touches no qdisc. 0 or -errno, with the step in pq_last_error(). */
 int pq_connect(struct plug_qdisc *q);
+/* Where and what to hold, before the first attach (-EISCONN after): INGRESS 0 holds what
+ * leaves the device, 1 what it receives (redirected to an ifb that attach creates); with
+ * NTERMS > 0 only packets that TERMS select are held (a prio qdisc and filters at the root,
+ * or filters at ingress), the others pass untouched. Both need PARENT root. The plug keeps
+ * the handle's HANDLE; the prio qdisc takes PQ_TREE_HANDLE. TERMS are copied.
+ * 0 or -EINVAL, -ENOMEM. */
+#define PQ_TREE_HANDLE 0xFFFE0000u
+int pq_set_hold(struct plug_qdisc *q, int ingress, const struct pq_term *terms, int nterms);
+
 /* pq_new + pq_set_netns (NETNS_FD >= 0) + pq_connect. On failure the handle is freed and
  * only the errno is left: use the three calls to read the step and the kernel's text. */
 int pq_open(struct plug_qdisc **out, const char *device, int ifindex, uint32_t parent,

@@ -32,14 +32,16 @@ import contextlib
 import errno as _errno
 import os
 import time
-from typing import Iterator, List, NamedTuple, Optional, Union
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Union
 
 from . import _plugqdisc
+from ._match import Match, terms_of
 from ._errors import (DeviceNotFoundError, KernelSupportError, ParentNotFoundError,
                       PlugQdiscError, PlugQdiscPermissionError, not_attached_default,
                       optional_number, translate)
 
 __all__ = [
+    "Match",
     "PlugQdisc",
     "Stats",
     "plugged",
@@ -54,6 +56,7 @@ __all__ = [
 ]
 
 Netns = Union[str, "os.PathLike[str]", int, None]
+MatchArg = Union[Match, Sequence[Match], None]
 
 #: How long detach() waits for released packets to leave before deleting, by default.
 DETACH_TIMEOUT = 5.0
@@ -144,6 +147,20 @@ def _check_netns(netns: Netns) -> None:
         raise ValueError("netns name or path must be non-empty and free of NUL bytes")
 
 
+def _check_mode(direction: str, match: MatchArg, parent: str, handle: str) -> bool:
+    """Whether the hold is at ingress; refuses what a selective or ingress hold cannot do."""
+    if direction not in ("egress", "ingress"):
+        raise ValueError("direction must be 'egress' (what the device sends) or 'ingress' "
+                         "(what it receives), not %r" % (direction,))
+    if (match is not None or direction == "ingress") and parent != "root":
+        raise ValueError("parent=%r: a selective or ingress hold builds its own tree at the "
+                         "device's root (or ingress); leave parent='root'" % (parent,))
+    if match is not None and direction == "egress" and handle == "fffe:":
+        raise ValueError("handle 'fffe:' is the selective hold's own prio qdisc: choose "
+                         "another handle for the plug")
+    return direction == "ingress"
+
+
 def _netns_path(netns: Union[str, "os.PathLike[str]"]) -> str:
     path = os.fspath(netns)
     # A name as `ip netns` knows it; anything with a '/' is a path, never joined.
@@ -172,32 +189,48 @@ class PlugQdisc(_plugqdisc.Qdisc):
         handle: str = "1:",
         limit: Optional[int] = None,
         netns: Netns = None,
+        match: MatchArg = None,
+        direction: str = "egress",
     ) -> None:
         _check_device(device)
         parent_id = _parse_parent(parent)
         handle_id = _parse_qdisc_handle(handle)
         nbytes = _check_limit(limit)
         _check_netns(netns)
+        terms = terms_of(match)
+        ingress = _check_mode(direction, match, parent, handle)
         self._parent = parent
         self._handle = handle
         self._netns = netns
+        self._match = match
+        self._direction = direction
         super().__init__(device, parent_id, handle_id, nbytes)
+        if terms or ingress:
+            self._set_hold(ingress, terms)
 
     def __repr__(self) -> str:
         state = ("closed" if self.closed else "detached" if not self.attached
                  else "buffering" if self.is_buffering else "passing")
-        return "<PlugQdisc %s parent=%s handle=%s %s>" % (self.device, self._parent,
-                                                           self._handle, state)
+        mode = "" if self._direction == "egress" else " ingress"
+        if self._match is not None:
+            mode += " match=%r" % (self._match,)
+        return "<PlugQdisc %s parent=%s handle=%s%s %s>" % (self.device, self._parent,
+                                                             self._handle, mode, state)
 
     @property
     def _where(self) -> str:
         ns = "" if self._netns is None else " in netns %s" % (self._netns,)
-        return "%r (parent %s, handle %s%s)" % (self.device, self._parent, self._handle, ns)
+        mode = "" if self._direction == "egress" else ", ingress"
+        if self._match is not None:
+            mode += ", selective"
+        return "%r (parent %s, handle %s%s%s)" % (self.device, self._parent, self._handle,
+                                                  mode, ns)
 
     def _failed(self, e: OSError, action: str) -> PlugQdiscError:
         dev = self.device
         return translate(e, action, self._where, parent=self._parent, handle=self._handle,
-                         ifindex=dev if isinstance(dev, int) else 0)
+                         ifindex=dev if isinstance(dev, int) else 0,
+                         ingress=self._direction == "ingress")
 
     def _netns_fd(self) -> "tuple[int, bool]":
         """(fd of the namespace to work in or -1, whether we opened it), for the first
@@ -339,6 +372,16 @@ class PlugQdisc(_plugqdisc.Qdisc):
     def netns(self) -> Netns:
         return self._netns
 
+    @property
+    def match(self) -> MatchArg:
+        """What a selective hold holds (None: everything)."""
+        return self._match
+
+    @property
+    def direction(self) -> str:
+        """'egress' (what the device sends) or 'ingress' (what it receives)."""
+        return self._direction
+
 
 @contextlib.contextmanager
 def plugged(
@@ -349,14 +392,18 @@ def plugged(
     limit: Optional[int] = None,
     netns: Netns = None,
     replace: bool = False,
+    match: MatchArg = None,
+    direction: str = "egress",
 ) -> Iterator[PlugQdisc]:
-    """Hold every packet leaving ``device`` for the duration of the block.
+    """Hold the packets leaving ``device`` (``direction="ingress"``: arriving on
+    it), all of them or those ``match`` selects, for the duration of the block.
 
     Yields the attached :class:`PlugQdisc`, holding from entry. On every way out
     (normal, exception, KeyboardInterrupt) it releases everything in order, and
-    deletes the qdisc if it created it.
+    removes what it created: the device is left as it was found.
     """
-    q = PlugQdisc(device, parent=parent, handle=handle, limit=limit, netns=netns)
+    q = PlugQdisc(device, parent=parent, handle=handle, limit=limit, netns=netns,
+                  match=match, direction=direction)
     try:
         q.attach(replace=replace)
         q.buffer()

@@ -71,7 +71,16 @@ _STEP_WORDS: Dict[str, str] = {
     "read_stats": "reading the plug qdisc's counters",
     "drain": "waiting for the released packets to leave",
     "delete": "deleting the plug qdisc",
+    "make_tree": "creating the prio qdisc that sorts what to hold",
+    "make_ifb": "creating the ifb device that holds what arrives",
+    "make_ingress": "creating the ingress qdisc",
+    "add_filter": "adding the {found} filter that selects what to hold",
+    "undo": "removing the filters or the ingress qdisc",
 }
+
+# A kind of qdisc, classifier or device that a hold needs, and the module that brings it.
+_MODULES = {"prio": "sch_prio", "ingress": "sch_ingress", "flower": "cls_flower",
+            "fw": "cls_fw", "matchall": "cls_matchall", "ifb": "ifb"}
 
 
 def _class_and_advice(code: int, step: str, e: OSError, ctx: Dict[str, str]
@@ -93,6 +102,19 @@ def _class_and_advice(code: int, step: str, e: OSError, ctx: Dict[str, str]
         return KernelSupportError, (
             "this kernel has no plug qdisc (sch_plug): load it with `modprobe sch_plug`, "
             "build the kernel with CONFIG_NET_SCH_PLUG=m, or run under the lab: %s" % LAB_HINT)
+    if code in (_errno.ENOENT, _errno.EOPNOTSUPP) and step in (
+            "make_tree", "make_ifb", "make_ingress", "add_filter"):
+        module = _MODULES.get(ctx["found"], ctx["found"])
+        extra = (" (and act_mirred, which redirects to the ifb)"
+                 if step == "add_filter" and ctx["ingress"] else "")
+        return KernelSupportError, (
+            "this kernel lacks %s%s, which this hold needs: load it (`modprobe %s`), or run "
+            "under the lab: %s" % (module, extra, module, LAB_HINT))
+    if code == _errno.EEXIST and step == "make_ifb":
+        return PlugQdiscError, (
+            "an ifb device of ours is already there for %s (left by a holder that died?): "
+            "pass replace=True to take it over, or delete it (`ip link del pqifbN`)"
+            % ctx["device"])
     if step == "find_parent":
         return ParentNotFoundError, (
             "the parent %s does not exist on %s: create its qdisc and class first "
@@ -132,7 +154,7 @@ def _class_and_advice(code: int, step: str, e: OSError, ctx: Dict[str, str]
 
 
 def translate(e: OSError, action: str, where: str, *, parent: str = "root",
-              handle: str = "1:", ifindex: int = 0) -> PlugQdiscError:
+              handle: str = "1:", ifindex: int = 0, ingress: bool = False) -> PlugQdiscError:
     """The exception a user can act on, for the glue's OSError E raised by ACTION
     (``"attach"``, ``"buffer"``, ...) on WHERE (the device and place, in words)."""
     code = e.errno or _errno.EIO
@@ -144,6 +166,7 @@ def translate(e: OSError, action: str, where: str, *, parent: str = "root",
         code, step = attach_errno, str(getattr(e, "attach_step", ""))
     device = str(getattr(e, "device", "") or "")
     ctx = {"device": repr(device) if device else "with index %d" % ifindex,
+           "ingress": "ingress" if ingress else "",
            "name": device or "DEV", "parent": parent, "handle": handle,
            "found": str(getattr(e, "found_kind", "") or ""), "action": action}
     cls, advice = _class_and_advice(code, step, e, ctx)

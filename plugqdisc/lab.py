@@ -55,10 +55,14 @@ MODULES = (
     "kernel/net/sched/cls_u32.ko",
     "kernel/net/sched/cls_fw.ko",
     "kernel/net/sched/cls_matchall.ko",
+    "kernel/net/sched/cls_flower.ko",
     "kernel/net/sched/act_mirred.ko",
     "kernel/drivers/net/ifb.ko",
     "kernel/drivers/net/veth.ko",
     "kernel/drivers/net/dummy.ko",
+    # IPv6 is a module in UML 6.1: without it there is no ::1 (crc-ccitt first: ipv6 needs it)
+    "kernel/lib/crc-ccitt.ko",
+    "kernel/net/ipv6/ipv6.ko",
 )
 TIMEOUT_STATUS = 124  # like timeout(1)
 NOT_FOUND_STATUS = 127  # like a shell

@@ -1,0 +1,73 @@
+/*
+ * pq_internal.h - what the files of the C core share; not installed, not for callers.
+ *
+ * plug_qdisc.c owns the handle, the socket and the plug; tree.c builds and removes what a
+ * selective or ingress hold needs around the plug (prio, filters, ingress qdisc, ifb).
+ */
+#ifndef PQ_INTERNAL_H
+#define PQ_INTERNAL_H
+
+#include <net/if.h>
+#include <netlink/netlink.h>
+#include <netlink/msg.h>
+#include <netlink/route/qdisc.h>
+
+#include "plug_qdisc.h"
+
+struct plug_qdisc {
+    struct nl_sock *sk;
+    unsigned long sk_gen;      /* pq_fork_generation() when sk was made: forked if it moved */
+    int netns_fd;              /* our namespace (given, or the first connecting thread's) */
+    int connected;             /* namespace taken and device looked up */
+    int ifindex;
+    char device[IFNAMSIZ];
+    uint32_t parent;
+    uint32_t handle;
+    uint32_t limit;            /* limit in force (what we last sent); 0 before connect */
+    uint32_t asked_limit;      /* the caller's limit, 0 for the device's default */
+    uint32_t default_limit;    /* the device's default, computed at connect */
+    int is_buffering;
+    int created;
+    int attached;
+    int kerr;                  /* errno from the kernel's last nlmsgerr, 0 if none */
+    struct pq_error e;         /* the last call's failure */
+
+    /* Where the plug itself is: the device and PARENT, or inside the tree. */
+    int pl_ifindex;
+    uint32_t pl_parent;
+    /* Selective and ingress holds (pq_set_hold). */
+    int ingress;
+    int nterms;
+    struct pq_term *terms;
+    int ifb_ifindex;           /* ingress: the ifb attach made, 0 if none */
+    char ifb_name[IFNAMSIZ];
+};
+
+/* Record a failure at STEP (ERR negative); returns ERR. */
+int pq__fail(struct plug_qdisc *q, enum pq_step step, int err);
+/* Forget the previous request's kernel error before a new request. */
+void pq__clear_kerr(struct plug_qdisc *q);
+/* 0 or -errno for the result NLERR of a libnl call (the kernel's errno when it answered). */
+int pq__nl_result(struct plug_qdisc *q, int nlerr);
+/* Send MSG (freed) and wait for its ack. 0 or -errno (the kernel's). */
+int pq__send(struct plug_qdisc *q, struct nl_msg *msg);
+/* The qdisc at PARENT of IFINDEX (a reference, NULL if nothing reportable). 0 or -errno. */
+int pq__get_qdisc(struct plug_qdisc *q, int ifindex, uint32_t parent, struct rtnl_qdisc **out);
+/* Delete the qdisc of KIND with HANDLE at PARENT of IFINDEX. 0 or -errno. */
+int pq__delete_qdisc(struct plug_qdisc *q, int ifindex, uint32_t parent, uint32_t handle,
+                     const char *kind);
+/* Record the kind and handle of QD (may be NULL) as what was found. */
+void pq__note_found(struct plug_qdisc *q, struct rtnl_qdisc *qd);
+/* Create the plug at its place (CREATE|EXCL) with the limit, then release it. 0 or -errno
+ * (step recorded). */
+int pq__create_plug(struct plug_qdisc *q);
+
+/* tree.c: build the tree of a selective or ingress hold, plug included, and release the
+ * plug; on failure nothing of it is left. 0 or -errno (step recorded). */
+int pq__tree_attach(struct plug_qdisc *q, int replace);
+/* tree.c: stop sending packets to the plug (filters, ingress qdisc), before the drain. */
+int pq__tree_divert_off(struct plug_qdisc *q);
+/* tree.c: remove the rest (prio with the plug, or the ifb with the plug). */
+int pq__tree_remove(struct plug_qdisc *q);
+
+#endif
