@@ -128,3 +128,70 @@ def test_constructing_opens_nothing_and_the_type_is_subclassable() -> None:
     t = Tagged("mine")
     assert t.tag == "mine" and isinstance(t, PlugQdisc) and t.device == "lo"
     assert PlugQdisc(7).device == 7  # an ifindex stays one until the device is found
+
+
+# ---- selective and ingress holds: every bad input is refused before anything changes ----
+
+@pytest.mark.parametrize("kw, exc, words", [
+    ({}, ValueError, "match=None"),
+    ({"dport": 0}, ValueError, "dport: port 0 is out of range"),
+    ({"dport": 70000}, ValueError, "dport: port 70000"),
+    ({"sport": (2000, 1000)}, ValueError, "reversed: write (1000, 2000)"),
+    ({"dport": (1, 2, 3)}, TypeError, "dport"),
+    ({"dport": "80"}, TypeError, "dport"),
+    ({"dport": True}, TypeError, "dport"),
+    ({"proto": "udp", "syn": True}, ValueError, "syn=True"),
+    ({"proto": "icmp", "syn": True}, ValueError, "syn=True"),
+    ({"proto": "icmp", "dport": 80}, ValueError, "ports need a protocol"),
+    ({"proto": 1, "dport": 80}, ValueError, "ports need a protocol"),
+    ({"proto": "sctpx"}, ValueError, "proto 'sctpx' is not known"),
+    ({"proto": 256}, ValueError, "0 to 255"),
+    ({"proto": -1}, ValueError, "0 to 255"),
+    ({"proto": 1.5}, TypeError, "proto"),
+    ({"src": "10.0.0.300"}, ValueError, "src: '10.0.0.300' is not an IP address"),
+    ({"dst": "nonsense"}, ValueError, "dst: 'nonsense'"),
+    ({"src": 167772162}, TypeError, "src"),
+    ({"src": "10.0.0.1", "dst": "::1"}, ValueError, "different families"),
+    ({"syn": 1}, TypeError, "syn"),
+    ({"mark": 0}, ValueError, "mark: 0"),
+    ({"mark": 2**32}, ValueError, "32-bit"),
+    ({"mark": (0x41, 0xF0)}, ValueError, "bits outside the mask"),
+    ({"mark": (1, 0)}, ValueError, "32-bit"),
+    ({"mark": "1"}, TypeError, "mark"),
+    ({"mark": 1, "dport": 80}, ValueError, "mark cannot be combined"),
+])
+def test_bad_matches_are_refused_with_the_field_and_the_fix(kw, exc, words) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(exc) as e:
+        plugqdisc.Match(**kw)
+    assert words in str(e.value)
+
+
+def test_a_match_is_immutable_hashable_and_readable() -> None:
+    from plugqdisc import Match
+    m = Match(proto="tcp", dport=8080, syn=True)
+    assert m == Match(proto="TCP", dport=(8080, 8080), syn=True)
+    assert len({m, Match(proto="tcp", dport=8080, syn=True)}) == 1
+    assert repr(m) == "Match(proto='tcp', dport=8080, syn=True)"
+    assert repr(Match(src="10.0.0.0/8", mark=None)) == "Match(src='10.0.0.0/8')"
+    assert repr(Match(mark=(0x40, 0xF0))) == "Match(mark=('0x40', '0xf0'))"
+    with pytest.raises(AttributeError):
+        m.dport = 1  # type: ignore[misc]
+    assert m.dport == (8080, 8080) and m.proto == "tcp"
+
+
+@pytest.mark.parametrize("kw, exc, words", [
+    ({"direction": "both"}, ValueError, "direction must be 'egress'"),
+    ({"direction": "ingress", "parent": "1:1"}, ValueError, "leave parent='root'"),
+    ({"match": plugqdisc.Match(proto="udp"), "parent": "1:1"}, ValueError, "parent='root'"),
+    ({"match": plugqdisc.Match(proto="udp"), "handle": "fffe:"}, ValueError, "fffe:"),
+    ({"match": []}, ValueError, "match=[]"),
+    ({"match": ["udp"]}, TypeError, "Match objects"),
+    ({"match": "udp"}, TypeError, "match must be a Match"),
+])
+def test_bad_modes_are_refused_at_construction(kw, exc, words) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(exc) as e:
+        PlugQdisc("lo", **kw)
+    assert words in str(e.value)
+    with pytest.raises(exc):
+        with plugqdisc.plugged("lo", **kw):
+            pass

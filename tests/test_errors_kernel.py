@@ -246,7 +246,8 @@ def run_c_test(name: str) -> str:
         exe = os.path.join(d, name)
         sh(cc, "-std=gnu11", "-Wall", "-Werror", "-I", os.path.join(ROOT, "csrc"),
            os.path.join(ROOT, "tests", "c", name + ".c"),
-           os.path.join(ROOT, "csrc", "plug_qdisc.c"), "-o", exe, *flags)
+           os.path.join(ROOT, "csrc", "plug_qdisc.c"), os.path.join(ROOT, "csrc", "tree.c"),
+           "-o", exe, *flags)
         p = subprocess.run([exe], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "FAIL" not in p.stdout
