@@ -169,8 +169,11 @@ def test_a_guest_that_dies_without_a_status() -> None:
 
 @pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_sigterm_and_ctrl_c_leave_no_uml_behind(sig: int, status: int) -> None:
+    # SIGINT's default restored: a shell starts background jobs with it ignored, and the
+    # lab (like any program) would then never see the Ctrl-C this test sends.
     p = subprocess.Popen([sys.executable, "-m", "plugqdisc.lab", "--", "sleep", "60"],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 30
     while not uml_processes() and time.monotonic() < deadline:
         time.sleep(0.1)
