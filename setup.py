@@ -35,7 +35,7 @@ setup(
     ext_modules=[
         Extension(
             "plugqdisc._plugqdisc",
-            sources=["csrc/module.c", "csrc/plug_qdisc.c", "csrc/tree.c"],
+            sources=["csrc/module.c", "csrc/plug_qdisc.c", "csrc/tree.c", "csrc/guard.c"],
             depends=["csrc/plug_qdisc.h", "csrc/pq_internal.h"],
             include_dirs=["csrc"] + list(flags["include_dirs"]),
             library_dirs=list(flags["library_dirs"]),

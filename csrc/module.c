@@ -337,6 +337,22 @@ Qdisc_set_hold(QdiscObject *self, PyObject *args)
     return result(rc, &ei);
 }
 
+PyDoc_STRVAR(set_guard_doc, "_set_guard($self, on, max_hold_ms, /)\n--\n\n"
+"Guard the hold from the next attach (pq_set_guard): released by this process's\n"
+"guardian when the process dies; max_hold_ms > 0 also releases a longer hold.");
+static PyObject *
+Qdisc_set_guard(QdiscObject *self, PyObject *args)
+{
+    int on;
+    uint32_t max_hold_ms;
+    if (!PyArg_ParseTuple(args, "pO&:_set_guard", &on, to_u32, &max_hold_ms))
+        return NULL;
+    int rc;
+    struct errinfo ei;
+    LOCKED(self, rc, pq_set_guard(self->q, on, max_hold_ms), &ei);
+    return result(rc, &ei);
+}
+
 PyDoc_STRVAR(attach_doc, "_attach($self, replace, netns_fd, /)\n--\n\n"
 "Create the plug qdisc, or adopt ours already there (pq_attach); then release it.\n"
 "netns_fd >= 0: the namespace to work in, used by the first attach only.");
@@ -447,10 +463,11 @@ Qdisc_close(QdiscObject *self, PyObject *unused)
 
 /* Getters: what the handle last sent or learnt, copied under the lock so that a
  * concurrent close() cannot free the handle while we read it. */
-enum { G_IFINDEX, G_DEVICE, G_LIMIT, G_BUFFERING, G_CREATED, G_ATTACHED, G_CONNECTED };
+enum { G_IFINDEX, G_DEVICE, G_LIMIT, G_BUFFERING, G_CREATED, G_ATTACHED, G_CONNECTED,
+       G_EXPIRED };
 
 struct snapshot {
-    long ifindex, buffering, created, attached, connected;
+    long ifindex, buffering, created, attached, connected, expired;
     unsigned long limit;
     char device[32];
 };
@@ -464,6 +481,7 @@ take_snapshot(const struct plug_qdisc *q, struct snapshot *s)
     s->created = pq_created(q);
     s->attached = pq_attached(q);
     s->connected = pq_connected(q);
+    s->expired = pq_hold_expired(q);
     snprintf(s->device, sizeof s->device, "%s", pq_device(q));
     return 0;
 }
@@ -497,6 +515,8 @@ Qdisc_get(QdiscObject *self, void *which)
         return PyLong_FromUnsignedLong(s.limit);
     case G_CONNECTED:
         return PyBool_FromLong(s.connected);
+    case G_EXPIRED:
+        return PyBool_FromLong(s.expired);
     case G_BUFFERING:
         return PyBool_FromLong(s.buffering);
     case G_CREATED:
@@ -515,6 +535,7 @@ Qdisc_get_closed(QdiscObject *self, void *unused)
 
 static PyMethodDef Qdisc_methods[] = {
     {"_set_hold", (PyCFunction)Qdisc_set_hold, METH_VARARGS, set_hold_doc},
+    {"_set_guard", (PyCFunction)Qdisc_set_guard, METH_VARARGS, set_guard_doc},
     {"_attach", (PyCFunction)Qdisc_attach, METH_VARARGS, attach_doc},
     {"_buffer", (PyCFunction)Qdisc_buffer, METH_NOARGS, buffer_doc},
     {"_release_one", (PyCFunction)Qdisc_release_one, METH_NOARGS, release_one_doc},
@@ -536,6 +557,8 @@ static PyGetSetDef Qdisc_getset[] = {
      "known before the first attach)", (void *)G_LIMIT},
     {"connected", (getter)Qdisc_get, NULL, "whether the device was found (first attach)",
      (void *)G_CONNECTED},
+    {"expired", (getter)Qdisc_get, NULL, "whether max_hold released the current hold",
+     (void *)G_EXPIRED},
     {"is_buffering", (getter)Qdisc_get, NULL, "whether we last told it to hold",
      (void *)G_BUFFERING},
     {"created", (getter)Qdisc_get, NULL, "whether our attach created the qdisc",
@@ -634,7 +657,18 @@ DEFAULT_FUNCTION(plug_qdisc_plug_buffer, "The HAProxy helper's plug_qdisc_plug_b
 DEFAULT_FUNCTION(plug_qdisc_release_indefinite_buffer,
                  "The HAProxy helper's plug_qdisc_release_indefinite_buffer().")
 
+PyDoc_STRVAR(guardian_pid_doc, "guardian_pid()\n--\n\n"
+"The pid of this process's guardian, or 0 if none is running (pq_guardian_pid).");
+static PyObject *
+guardian_pid(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return PyLong_FromLong(pq_guardian_pid());
+}
+
 static PyMethodDef module_methods[] = {
+    {"guardian_pid", guardian_pid, METH_NOARGS, guardian_pid_doc},
     {"parse_handle", parse_handle, METH_O, parse_handle_doc},
     {"plug_qdisc_attach", py_plug_qdisc_attach, METH_VARARGS, plug_qdisc_attach_doc},
     {"plug_qdisc_plug_buffer", py_plug_qdisc_plug_buffer, METH_NOARGS,

@@ -85,6 +85,7 @@ static const char *const step_names[PQ_STEP_COUNT] = {
     [PQ_STEP_INGRESS] = "make_ingress",
     [PQ_STEP_FILTER] = "add_filter",
     [PQ_STEP_UNDO] = "undo",
+    [PQ_STEP_GUARD] = "guard",
 };
 
 const char *pq_step_name(enum pq_step step)
@@ -267,12 +268,12 @@ static int same_file(int a, int b)
            sa.st_ino == sb.st_ino;
 }
 
-/* Make the handle's socket in its namespace (the socket keeps the namespace it was made
- * in; the thread is switched back before returning, also on error). 0 or -errno, with the
- * step recorded. */
-static int make_socket(struct plug_qdisc *q)
+/* Run MAKE(Q, ARG) with the calling thread in the handle's namespace (sockets keep the
+ * namespace they were made in); the thread is switched back before returning, also on
+ * error. MAKE's result, or -errno of the namespace switch with the step recorded. */
+static int in_our_netns(struct plug_qdisc *q, int (*make)(struct plug_qdisc *, void *),
+                        void *arg)
 {
-    struct nl_sock *sk = NULL;
     int saved, err;
 
     saved = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
@@ -280,34 +281,65 @@ static int make_socket(struct plug_qdisc *q)
         return pq__fail(q, PQ_STEP_NETNS, -errno);
     if (same_file(saved, q->netns_fd)) {
         /* Already there: no setns, which would need CAP_SYS_ADMIN. */
-        err = connect_here(q, &sk);
+        err = make(q, arg);
         close(saved);
-        if (err < 0)
-            return pq__fail(q, PQ_STEP_SOCKET, err);
-    } else {
-        if (setns(q->netns_fd, CLONE_NEWNET) < 0) {
-            err = -errno;
-            close(saved);
-            return pq__fail(q, PQ_STEP_NETNS, err);
-        }
-        err = connect_here(q, &sk);
-        if (setns(saved, CLONE_NEWNET) < 0) {
-            /* Should not happen (we came from there). If it does, the thread is left in
-             * the other namespace, and the step says so. */
-            int back = -errno;
+        return err;
+    }
+    if (setns(q->netns_fd, CLONE_NEWNET) < 0) {
+        err = -errno;
+        close(saved);
+        return pq__fail(q, PQ_STEP_NETNS, err);
+    }
+    err = make(q, arg);
+    if (setns(saved, CLONE_NEWNET) < 0) {
+        /* Should not happen (we came from there). If it does, the thread is left in the
+         * other namespace, and the step says so. */
+        err = pq__fail(q, PQ_STEP_NETNS, -errno);
+    }
+    close(saved);
+    return err;
+}
 
-            if (sk)
-                nl_socket_free(sk);
-            close(saved);
-            return pq__fail(q, PQ_STEP_NETNS, back);
-        }
-        close(saved);
-        if (err < 0)
-            return pq__fail(q, PQ_STEP_SOCKET, err);
+/* in_our_netns maker: the handle's libnl socket, into *(struct nl_sock **)ARG. */
+static int make_nl_sock(struct plug_qdisc *q, void *arg)
+{
+    int err = connect_here(q, arg);
+
+    return err < 0 ? pq__fail(q, PQ_STEP_SOCKET, err) : 0;
+}
+
+/* Make the handle's socket in its namespace. 0 or -errno, with the step recorded. */
+static int make_socket(struct plug_qdisc *q)
+{
+    struct nl_sock *sk = NULL;
+    int err = in_our_netns(q, make_nl_sock, &sk);
+
+    if (err < 0) {
+        if (sk)
+            nl_socket_free(sk);
+        return err;
     }
     q->sk = sk;
     q->sk_gen = pq_fork_generation();
     return 0;
+}
+
+/* in_our_netns maker: a plain NETLINK_ROUTE socket, its fd into *(int *)ARG. */
+static int make_raw(struct plug_qdisc *q, void *arg)
+{
+    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+
+    if (fd < 0)
+        return pq__fail(q, PQ_STEP_SOCKET, -errno);
+    *(int *)arg = fd;
+    return 0;
+}
+
+/* A plain NETLINK_ROUTE socket in the handle's namespace (for the guardian). 0 or -errno. */
+int pq__raw_socket(struct plug_qdisc *q, int *fd)
+{
+    *fd = -1;
+    return in_our_netns(q, make_raw, fd);
 }
 
 /* Look the device up with one RTM_GETLINK and record what the handle needs. 0 or -errno
@@ -431,6 +463,40 @@ static struct rtnl_qdisc *our_qdisc(const struct plug_qdisc *q, const char *kind
     return qd;
 }
 
+/* A plug qdisc object at the plug's place with ACTION (TCQ_PLUG_*) and LIMIT set; NULL and
+ * *err (a libnl error) on failure. The caller puts it. */
+static struct rtnl_qdisc *plug_object(struct plug_qdisc *q, int action, uint32_t limit,
+                                      int *err)
+{
+    struct rtnl_qdisc *qd = our_qdisc(q, "plug", err);
+
+    if (!qd)
+        return NULL;
+    /* libnl sends {action, limit} every time; set the limit first so that a creation
+     * carries the real limit whatever the action (a 0 limit drops every packet). */
+    *err = rtnl_qdisc_plug_set_limit(qd, (int)limit);
+    if (*err == 0) {
+        switch (action) {
+        case TCQ_PLUG_BUFFER:
+            *err = rtnl_qdisc_plug_buffer(qd);
+            break;
+        case TCQ_PLUG_RELEASE_ONE:
+            *err = rtnl_qdisc_plug_release_one(qd);
+            break;
+        case TCQ_PLUG_RELEASE_INDEFINITE:
+            *err = rtnl_qdisc_plug_release_indefinite(qd);
+            break;
+        default:
+            break;              /* TCQ_PLUG_LIMIT: already set */
+        }
+    }
+    if (*err < 0) {
+        rtnl_qdisc_put(qd);
+        return NULL;
+    }
+    return qd;
+}
+
 /* Send one RTM_NEWQDISC for a plug qdisc at our place with the given netlink FLAGS
  * (0: change; CREATE|EXCL; CREATE|REPLACE), ACTION (TCQ_PLUG_*) and LIMIT (only read by
  * the kernel for TCQ_PLUG_LIMIT and at creation). 0 or -errno. */
@@ -439,34 +505,63 @@ static int send_plug(struct plug_qdisc *q, int flags, int action, uint32_t limit
     struct rtnl_qdisc *qd;
     int err;
 
-    qd = our_qdisc(q, "plug", &err);
+    qd = plug_object(q, action, limit, &err);
     if (!qd)
         return pq__nl_result(q, err);
-    /* libnl sends {action, limit} every time; set the limit first so that a creation
-     * carries the real limit whatever the action (a 0 limit drops every packet). */
-    err = rtnl_qdisc_plug_set_limit(qd, (int)limit);
-    if (err < 0)
-        goto out;
-    switch (action) {
-    case TCQ_PLUG_BUFFER:
-        err = rtnl_qdisc_plug_buffer(qd);
-        break;
-    case TCQ_PLUG_RELEASE_ONE:
-        err = rtnl_qdisc_plug_release_one(qd);
-        break;
-    case TCQ_PLUG_RELEASE_INDEFINITE:
-        err = rtnl_qdisc_plug_release_indefinite(qd);
-        break;
-    default:
-        break;              /* TCQ_PLUG_LIMIT: already set */
-    }
-    if (err < 0)
-        goto out;
     pq__clear_kerr(q);
     err = rtnl_qdisc_add(q->sk, qd, flags);
-out:
     rtnl_qdisc_put(qd);
     return pq__nl_result(q, err);
+}
+
+/* The message that releases the plug (for the guardian), or NULL (out of memory). */
+struct nl_msg *pq__msg_release(struct plug_qdisc *q)
+{
+    struct nl_msg *msg = NULL;
+    struct rtnl_qdisc *qd;
+    int err;
+
+    qd = plug_object(q, TCQ_PLUG_RELEASE_INDEFINITE, q->limit, &err);
+    if (!qd)
+        return NULL;
+    if (rtnl_qdisc_build_add_request(qd, 0, &msg) < 0)
+        msg = NULL;
+    rtnl_qdisc_put(qd);
+    return msg;
+}
+
+/* A tc message of TYPE with FLAGS about PARENT and HANDLE of IFINDEX, and no attributes
+ * (a GET, a filter flush); NULL if out of memory. */
+struct nl_msg *pq__msg_tc(int type, int flags, int ifindex, uint32_t parent, uint32_t handle)
+{
+    struct nl_msg *msg = nlmsg_alloc_simple(type, flags);
+    struct tcmsg tcm;
+
+    if (!msg)
+        return NULL;
+    memset(&tcm, 0, sizeof(tcm));
+    tcm.tcm_family = AF_UNSPEC;
+    tcm.tcm_ifindex = ifindex;
+    tcm.tcm_parent = parent;
+    tcm.tcm_handle = handle;
+    if (nlmsg_append(msg, &tcm, sizeof(tcm), NLMSG_ALIGNTO) < 0) {
+        nlmsg_free(msg);
+        return NULL;
+    }
+    return msg;
+}
+
+/* The message that deletes a qdisc of KIND with HANDLE at PARENT of IFINDEX. */
+struct nl_msg *pq__msg_delete_qdisc(int ifindex, uint32_t parent, uint32_t handle,
+                                    const char *kind)
+{
+    struct nl_msg *msg = pq__msg_tc(RTM_DELQDISC, 0, ifindex, parent, handle);
+
+    if (msg && kind && nla_put_string(msg, TCA_KIND, kind) < 0) {
+        nlmsg_free(msg);
+        return NULL;
+    }
+    return msg;
 }
 
 /* Ack callback of tc_request: the exchange is over. Returns NL_STOP. */
@@ -482,26 +577,15 @@ static int on_ack(struct nl_msg *msg, void *arg)
 static int tc_request(struct plug_qdisc *q, int type, int flags, int ifindex, uint32_t parent,
                       uint32_t handle, int (*on_reply)(struct nl_msg *, void *), void *arg)
 {
-    struct tcmsg tcm;
     struct nl_msg *msg;
     struct nl_cb *cb, *sock_cb;
     int err, done = 0;
 
     if (!q->sk)
         return -ENOTCONN;
-    msg = nlmsg_alloc_simple(type, flags | NLM_F_ACK);
+    msg = pq__msg_tc(type, flags | NLM_F_ACK, ifindex, parent, handle);
     if (!msg)
         return -ENOMEM;
-    memset(&tcm, 0, sizeof(tcm));
-    tcm.tcm_family = AF_UNSPEC;
-    tcm.tcm_ifindex = ifindex;
-    tcm.tcm_parent = parent;
-    tcm.tcm_handle = handle;
-    err = nlmsg_append(msg, &tcm, sizeof(tcm), NLMSG_ALIGNTO);
-    if (err < 0) {
-        nlmsg_free(msg);
-        return nle_to_errno(err);
-    }
     /* A clone of the socket's callbacks keeps our error callback and leaves the socket's
      * own set untouched for later requests. */
     sock_cb = nl_socket_get_cb(q->sk);      /* takes a reference */
@@ -750,6 +834,7 @@ int pq_new(struct plug_qdisc **out, const char *device, int ifindex, uint32_t pa
     if (!q)
         return -ENOMEM;
     q->netns_fd = -1;
+    q->gslot = -1;
     q->parent = parent;
     q->handle = handle;
     q->asked_limit = limit;
@@ -894,9 +979,7 @@ int pq_attach(struct plug_qdisc *q, int replace)
             q->is_buffering = 0;
             q->attached = 1;
         }
-        q->e.attach_err = 0;
-        q->e.attach_step = PQ_STEP_NONE;
-        return 0;
+        goto guard;
     }
     if (err == 0) {
         err = pq__get_qdisc(q, q->ifindex, q->parent, &qd);
@@ -964,6 +1047,18 @@ int pq_attach(struct plug_qdisc *q, int replace)
     q->created = created;
     q->is_buffering = 0;
     q->attached = 1;
+guard:
+    err = pq__guard_register(q);
+    if (err < 0) {
+        /* Unguarded is not what was asked for: undo the attach. */
+        struct pq_error keep = q->e;
+
+        if (q->created)
+            (void)pq_detach(q, 1000);
+        q->attached = 0;
+        q->e = keep;
+        goto out;
+    }
     q->e.attach_err = 0;
     q->e.attach_step = PQ_STEP_NONE;
     return 0;
@@ -997,8 +1092,10 @@ int pq_buffer(struct plug_qdisc *q)
 {
     int err = plug_action(q, TCQ_PLUG_BUFFER, q ? q->limit : 0);
 
-    if (err == 0)
+    if (err == 0) {
         q->is_buffering = 1;
+        pq__guard_hold(q, 1);
+    }
     return err;
 }
 
@@ -1013,8 +1110,11 @@ int pq_release_indefinite(struct plug_qdisc *q)
 {
     int err = plug_action(q, TCQ_PLUG_RELEASE_INDEFINITE, q ? q->limit : 0);
 
-    if (err == 0)
+    if (err == 0) {
+        if (q->is_buffering)
+            pq__guard_hold(q, 0);
         q->is_buffering = 0;
+    }
     return err;
 }
 
@@ -1076,6 +1176,7 @@ int pq_detach(struct plug_qdisc *q, int timeout_ms)
 
         if (read_stats(q, NULL) == -ENOENT) {
             q->attached = 0;
+            pq__guard_unregister(q);
             return -ENOENT;
         }
         q->e = keep;
@@ -1121,7 +1222,27 @@ int pq_detach(struct plug_qdisc *q, int timeout_ms)
     }
     q->attached = 0;
     q->is_buffering = 0;
+    pq__guard_unregister(q);
     return 0;
+}
+
+/* Guard from the next attach; max_hold. 0, -EINVAL, -EISCONN. */
+int pq_set_guard(struct plug_qdisc *q, int on, uint32_t max_hold_ms)
+{
+    if (!q || (max_hold_ms && !on))
+        return -EINVAL;
+    reset_error(q);
+    if (q->attached)
+        return pq__fail(q, PQ_STEP_ARGS, -EISCONN);
+    q->guard = on ? 1 : 0;
+    q->max_hold_ms = max_hold_ms;
+    return 0;
+}
+
+/* 1 if max_hold released the current hold. */
+int pq_hold_expired(const struct plug_qdisc *q)
+{
+    return q ? pq__guard_expired(q) : 0;
 }
 
 /* Free the handle, its socket and its namespace fd. The qdisc stays. NULL is fine. */
@@ -1129,6 +1250,7 @@ void pq_close(struct plug_qdisc *q)
 {
     if (!q)
         return;
+    pq__guard_unregister(q);
     if (q->sk)
         nl_socket_free(q->sk);
     if (q->netns_fd >= 0)
@@ -1165,10 +1287,10 @@ uint32_t pq_limit(const struct plug_qdisc *q)
     return q->connected ? q->limit : q->asked_limit;
 }
 
-/* 1 if we last told the qdisc to hold. */
+/* 1 if we last told the qdisc to hold (and max_hold has not released it since). */
 int pq_is_buffering(const struct plug_qdisc *q)
 {
-    return q ? q->is_buffering : 0;
+    return q ? q->is_buffering && !pq__guard_expired(q) : 0;
 }
 
 /* 1 if our attach created the qdisc (0: adopted). */

@@ -72,6 +72,7 @@ enum pq_step {
     PQ_STEP_INGRESS,    /* ingress: creating the ingress qdisc on the device */
     PQ_STEP_FILTER,     /* adding a filter; found_kind names its classifier or action */
     PQ_STEP_UNDO,       /* removing what attach added (filters, prio, ingress, ifb) */
+    PQ_STEP_GUARD,      /* handing the hold to the guardian (starting it) */
     PQ_STEP_COUNT
 };
 
@@ -133,6 +134,17 @@ int pq_connect(struct plug_qdisc *q);
  * 0 or -EINVAL, -ENOMEM. */
 #define PQ_TREE_HANDLE 0xFFFE0000u
 int pq_set_hold(struct plug_qdisc *q, int ingress, const struct pq_term *terms, int nterms);
+
+/* The guardian (guard.c). ON: from the next attach, the hold is registered with this
+ * process's guardian, a helper process that releases it (and removes what attach
+ * created, once drained) when this process dies, however it dies. MAX_HOLD_MS > 0: the
+ * guardian also releases a hold (buffer to release) that lasts longer, even while this
+ * process is stopped. Before the first attach: -EISCONN after. 0 or -EINVAL. */
+int pq_set_guard(struct plug_qdisc *q, int on, uint32_t max_hold_ms);
+/* 1 if the guardian released the current hold because it passed max_hold. */
+int pq_hold_expired(const struct plug_qdisc *q);
+/* This process's guardian, 0 if none is running. */
+int pq_guardian_pid(void);
 
 /* pq_new + pq_set_netns (NETNS_FD >= 0) + pq_connect. On failure the handle is freed and
  * only the errno is left: use the three calls to read the step and the kernel's text. */

@@ -41,6 +41,12 @@ struct plug_qdisc {
     struct pq_term *terms;
     int ifb_ifindex;           /* ingress: the ifb attach made, 0 if none */
     char ifb_name[IFNAMSIZ];
+    /* The guardian (guard.c). */
+    int guard;                 /* register at attach */
+    uint32_t max_hold_ms;      /* 0: none */
+    int gslot;                 /* the slot with this process's guardian, -1 if none */
+    unsigned long ggen;        /* pq_fork_generation() when registered */
+    uint32_t bseq;             /* buffer() count, for max_hold */
 };
 
 /* Record a failure at STEP (ERR negative); returns ERR. */
@@ -61,6 +67,25 @@ void pq__note_found(struct plug_qdisc *q, struct rtnl_qdisc *qd);
 /* Create the plug at its place (CREATE|EXCL) with the limit, then release it. 0 or -errno
  * (step recorded). */
 int pq__create_plug(struct plug_qdisc *q);
+
+/* A plain NETLINK_ROUTE socket in the handle's namespace, for the guardian. 0 or -errno. */
+int pq__raw_socket(struct plug_qdisc *q, int *fd);
+/* Messages for the guardian, built here, sent by it after the holder is gone; NULL if out
+ * of memory. Release the plug; a tc message with no attributes; delete a qdisc. */
+struct nl_msg *pq__msg_release(struct plug_qdisc *q);
+struct nl_msg *pq__msg_tc(int type, int flags, int ifindex, uint32_t parent, uint32_t handle);
+struct nl_msg *pq__msg_delete_qdisc(int ifindex, uint32_t parent, uint32_t handle,
+                                    const char *kind);
+/* tree.c: the messages that stop the diversion and that remove the rest. */
+struct nl_msg *pq__tree_msg_divert(struct plug_qdisc *q);
+struct nl_msg *pq__tree_msg_remove(struct plug_qdisc *q);
+
+/* guard.c: register an attached hold with the guardian (0 or -errno, step GUARD); forget
+ * it; tell it that the hold starts (ARM) or ends, for max_hold; whether it expired. */
+int pq__guard_register(struct plug_qdisc *q);
+void pq__guard_unregister(struct plug_qdisc *q);
+void pq__guard_hold(struct plug_qdisc *q, int arm);
+int pq__guard_expired(const struct plug_qdisc *q);
 
 /* tree.c: build the tree of a selective or ingress hold, plug included, and release the
  * plug; on failure nothing of it is left. 0 or -errno (step recorded). */

@@ -370,28 +370,46 @@ int pq__tree_attach(struct plug_qdisc *q, int replace)
     return 0;
 }
 
+/* The message that stops the diversion to the plug: flush the prio's filters (egress), or
+ * delete the ingress qdisc. NULL if out of memory. */
+struct nl_msg *pq__tree_msg_divert(struct plug_qdisc *q)
+{
+    if (q->ingress)
+        return pq__msg_delete_qdisc(q->ifindex, TC_H_INGRESS, INGRESS_HANDLE, "ingress");
+    /* Preference 0 flushes every filter of the prio: packets then go to band 0. */
+    return pq__msg_tc(RTM_DELTFILTER, 0, q->ifindex, PQ_TREE_HANDLE, 0);
+}
+
+/* The message that removes the rest: the ifb (its plug goes with it), or the prio. */
+struct nl_msg *pq__tree_msg_remove(struct plug_qdisc *q)
+{
+    struct nl_msg *msg = NULL;
+    struct rtnl_link *link;
+
+    if (!q->ingress)
+        return pq__msg_delete_qdisc(q->ifindex, TC_H_ROOT, PQ_TREE_HANDLE, "prio");
+    link = rtnl_link_alloc();
+    if (!link)
+        return NULL;
+    rtnl_link_set_ifindex(link, q->ifb_ifindex);
+    if (rtnl_link_build_delete_request(link, &msg) < 0)
+        msg = NULL;
+    rtnl_link_put(link);
+    return msg;
+}
+
 int pq__tree_divert_off(struct plug_qdisc *q)
 {
     struct nl_msg *msg;
-    struct tcmsg tcm;
     int err;
 
     if (q->ingress) {
         /* No ingress qdisc, no redirection; the ifb still holds what it has. */
         err = pq__delete_qdisc(q, q->ifindex, TC_H_INGRESS, INGRESS_HANDLE, "ingress");
     } else {
-        /* Preference 0 flushes every filter of the prio: packets then go to band 0. */
-        msg = nlmsg_alloc_simple(RTM_DELTFILTER, 0);
+        msg = pq__tree_msg_divert(q);
         if (!msg)
             return pq__fail(q, PQ_STEP_UNDO, -ENOMEM);
-        memset(&tcm, 0, sizeof(tcm));
-        tcm.tcm_family = AF_UNSPEC;
-        tcm.tcm_ifindex = q->ifindex;
-        tcm.tcm_parent = PQ_TREE_HANDLE;
-        if (nlmsg_append(msg, &tcm, sizeof(tcm), NLMSG_ALIGNTO) < 0) {
-            nlmsg_free(msg);
-            return pq__fail(q, PQ_STEP_UNDO, -ENOMEM);
-        }
         err = pq__send(q, msg);
     }
     /* Already gone (a detach that timed out before) is what we wanted. */

@@ -34,7 +34,7 @@ import os
 import time
 from typing import Iterator, List, NamedTuple, Optional, Sequence, Union
 
-from . import _plugqdisc
+from . import _guard, _plugqdisc
 from ._match import Match, terms_of
 from ._errors import (DeviceNotFoundError, KernelSupportError, ParentNotFoundError,
                       PlugQdiscError, PlugQdiscPermissionError, not_attached_default,
@@ -191,6 +191,8 @@ class PlugQdisc(_plugqdisc.Qdisc):
         netns: Netns = None,
         match: MatchArg = None,
         direction: str = "egress",
+        guard: bool = True,
+        max_hold: Optional[float] = None,
     ) -> None:
         _check_device(device)
         parent_id = _parse_parent(parent)
@@ -199,14 +201,17 @@ class PlugQdisc(_plugqdisc.Qdisc):
         _check_netns(netns)
         terms = terms_of(match)
         ingress = _check_mode(direction, match, parent, handle)
+        hold_ms = _guard.max_hold_ms(max_hold, guard)
         self._parent = parent
         self._handle = handle
         self._netns = netns
         self._match = match
         self._direction = direction
+        self._max_hold = max_hold
         super().__init__(device, parent_id, handle_id, nbytes)
         if terms or ingress:
             self._set_hold(ingress, terms)
+        self._set_guard(guard, hold_ms)
 
     def __repr__(self) -> str:
         state = ("closed" if self.closed else "detached" if not self.attached
@@ -259,6 +264,7 @@ class PlugQdisc(_plugqdisc.Qdisc):
         finally:
             if own:
                 os.close(fd)
+        _guard.track(self)
         return self
 
     def buffer(self) -> None:
@@ -335,6 +341,15 @@ class PlugQdisc(_plugqdisc.Qdisc):
         except OSError as e:
             raise self._failed(e, "detach") from None
 
+    def close(self) -> None:
+        """Free the socket (the qdisc stays as it is). Idempotent."""
+        _guard.untrack(self)
+        super().close()
+
+    def __del__(self) -> None:
+        if _guard.leaked(self):
+            _guard.finish_leaked(self, "when garbage-collected")
+
     def __enter__(self) -> "PlugQdisc":
         try:
             return self.attach()
@@ -342,8 +357,8 @@ class PlugQdisc(_plugqdisc.Qdisc):
             self.close()  # __exit__ will not run: do not keep the socket open
             raise
 
-    def __exit__(self, *exc: object) -> None:
-        self._finish()
+    def __exit__(self, typ: object, exc: Optional[BaseException], tb: object) -> None:
+        _finish_after(self, exc)
 
     def _finish(self) -> None:
         """Release; detach if we created the qdisc; close. Every step runs even if
@@ -373,6 +388,11 @@ class PlugQdisc(_plugqdisc.Qdisc):
         return self._netns
 
     @property
+    def max_hold(self) -> Optional[float]:
+        """Seconds after which the guardian releases a hold (None: no limit)."""
+        return self._max_hold
+
+    @property
     def match(self) -> MatchArg:
         """What a selective hold holds (None: everything)."""
         return self._match
@@ -381,6 +401,18 @@ class PlugQdisc(_plugqdisc.Qdisc):
     def direction(self) -> str:
         """'egress' (what the device sends) or 'ingress' (what it receives)."""
         return self._direction
+
+
+def _finish_after(q: PlugQdisc, exc: Optional[BaseException]) -> None:
+    """Clean Q up after a block that raised EXC (None: it did not). A cleanup error never
+    hides the user's exception: it is attached to it as a note, and EXC goes on."""
+    try:
+        q._finish()
+    except BaseException as cleanup:
+        if exc is None:
+            raise
+        _guard.add_note(exc, "plugqdisc: cleaning up %r after this error also failed: %s: %s"
+                        % (q, type(cleanup).__name__, cleanup))
 
 
 @contextlib.contextmanager
@@ -394,6 +426,8 @@ def plugged(
     replace: bool = False,
     match: MatchArg = None,
     direction: str = "egress",
+    guard: bool = True,
+    max_hold: Optional[float] = None,
 ) -> Iterator[PlugQdisc]:
     """Hold the packets leaving ``device`` (``direction="ingress"``: arriving on
     it), all of them or those ``match`` selects, for the duration of the block.
@@ -403,13 +437,15 @@ def plugged(
     removes what it created: the device is left as it was found.
     """
     q = PlugQdisc(device, parent=parent, handle=handle, limit=limit, netns=netns,
-                  match=match, direction=direction)
+                  match=match, direction=direction, guard=guard, max_hold=max_hold)
     try:
         q.attach(replace=replace)
         q.buffer()
         yield q
-    finally:
-        q._finish()
+    except BaseException as exc:
+        _finish_after(q, exc)
+        raise
+    _finish_after(q, None)
 
 
 # ---- the HAProxy helper's API, on one process-wide default qdisc ----
