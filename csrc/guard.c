@@ -36,6 +36,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <linux/gen_stats.h>
+#include <linux/if_link.h>
 #include <linux/netlink.h>
 #include <linux/pkt_sched.h>
 #include <linux/rtnetlink.h>
@@ -45,8 +46,11 @@
 #define G_DRAIN_MS 5000          /* how long the backlog may take to drain, as detach() */
 #define G_REPLY_MS 2000          /* how long to wait for the kernel's answer */
 
-enum { G_REGISTER = 1, G_UNREGISTER, G_BUFFER, G_RELEASE, G_EXIT };
-enum { PH_RELEASE, PH_DIVERT, PH_PROBE, PH_REMOVE, PH_COUNT };
+enum { G_REGISTER = 1, G_UNREGISTER, G_BUFFER, G_RELEASE, G_EXIT, G_READY };
+/* Release; stop the diversion; ask what is still held; remove. For an ingress hold then:
+ * ask what the device's egress holds, and delete the ingress qdisc only if nothing
+ * (deleting it purges the egress). */
+enum { PH_RELEASE, PH_DIVERT, PH_PROBE, PH_REMOVE, PH_EGRESS, PH_LAST, PH_COUNT };
 
 /* One record from holder to guardian; REGISTER is followed by the messages of each phase
  * (len[] bytes each, in phase order) and carries the netlink socket as SCM_RIGHTS. */
@@ -100,6 +104,31 @@ static void g_unlock(void)
 
 static void guardian_main(int sock, pid_t holder) __attribute__((noreturn));
 
+/* Wait (up to 5 s) for the new guardian to say that it holds no fd of ours any more: until
+ * then it has a copy of every one (a listening socket stays bound, a pipe open). 0 or
+ * -errno (the guardian is then reaped). */
+static int g_wait_ready(void)
+{
+    struct pollfd p = { G.sock, POLLIN, 0 };
+    struct g_rec rec;
+    int n;
+
+    do
+        n = poll(&p, 1, 5000);
+    while (n < 0 && errno == EINTR);
+    if (n == 1 && recv(G.sock, &rec, sizeof(rec), 0) == (ssize_t)sizeof(rec) &&
+        rec.type == G_READY)
+        return 0;
+    n = n == 0 ? -ETIMEDOUT : -EPIPE;
+    kill(G.pid, SIGKILL);
+    close(G.sock);
+    G.sock = -1;
+    while (waitpid(G.pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    G.pid = 0;
+    return n;
+}
+
 /* Start the guardian (G locked). 0 or -errno. */
 static int g_start(void)
 {
@@ -129,7 +158,7 @@ static int g_start(void)
     close(sv[1]);
     G.sock = sv[0];
     G.pid = pid;
-    return 0;
+    return g_wait_ready();
 }
 
 /* Reap the guardian after it was told to go (or found gone). */
@@ -215,6 +244,8 @@ int pq__guard_register(struct plug_qdisc *q)
 
         err = take_msg(pq__msg_tc(RTM_GETQDISC, NLM_F_ECHO, q->pl_ifindex, q->pl_parent, 0),
                        payload, sizeof(payload), &at);
+        if (err == 0 && q->ingress)
+            err = take_msg(pq__tree_msg_probe_ifb(q), payload, sizeof(payload), &at);
         rec.len[PH_PROBE] = at - before;
         before = at;
         if (err == 0)
@@ -223,6 +254,15 @@ int pq__guard_register(struct plug_qdisc *q)
                                                        "plug"),
                            payload, sizeof(payload), &at);
         rec.len[PH_REMOVE] = at - before;
+        if (err == 0 && q->ingress) {
+            before = at;
+            err = take_msg(pq__tree_msg_egress_probe(q), payload, sizeof(payload), &at);
+            rec.len[PH_EGRESS] = at - before;
+            before = at;
+            if (err == 0)
+                err = take_msg(pq__tree_msg_remove_ingress(q), payload, sizeof(payload), &at);
+            rec.len[PH_LAST] = at - before;
+        }
     }
     if (err == 0)
         err = pq__raw_socket(q, &fd);
@@ -382,8 +422,30 @@ static uint64_t g_qlen(const struct nlmsghdr *h)
     return 0;
 }
 
+/* Packets an ifb has taken and not handed back yet, from its RTM_NEWLINK (IFLA_STATS64:
+ * ifb counts what it receives as rx, what it re-injects as tx). */
+static uint64_t g_in_flight(const struct nlmsghdr *h)
+{
+    const struct ifinfomsg *ifi = NLMSG_DATA(h);
+    const struct rtattr *a = (const struct rtattr *)((const char *)ifi + NLMSG_ALIGN(sizeof(*ifi)));
+    int len = (int)h->nlmsg_len - NLMSG_LENGTH(sizeof(*ifi));
+
+    for (; RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+        if (a->rta_type == IFLA_STATS64 && RTA_PAYLOAD(a) >= sizeof(struct rtnl_link_stats64)) {
+            struct rtnl_link_stats64 st;
+            uint64_t done;
+
+            memcpy(&st, RTA_DATA(a), sizeof(st)); /* 4-byte aligned in the message */
+            done = st.tx_packets + st.tx_dropped + st.rx_dropped; /* as pq__tree_in_flight */
+            return st.rx_packets > done ? st.rx_packets - done : 0;
+        }
+    }
+    return 0;
+}
+
 /* Send one netlink message (patched: our seq, an ack asked for) on FD and wait for its
- * answer. 0 or -errno (the kernel's); *QLEN from a qdisc in the reply, if QLEN. */
+ * answer. 0 or -errno (the kernel's); what a qdisc (its qlen) or an ifb (in flight) in
+ * the reply still holds is added to *QLEN, if QLEN. */
 static int g_exchange(int fd, struct nlmsghdr *m, uint64_t *qlen)
 {
     struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
@@ -414,7 +476,9 @@ static int g_exchange(int fd, struct nlmsghdr *m, uint64_t *qlen)
             if (h->nlmsg_type == NLMSG_ERROR)
                 return ((struct nlmsgerr *)NLMSG_DATA(h))->error;
             if (h->nlmsg_type == RTM_NEWQDISC && qlen)
-                *qlen = g_qlen(h);
+                *qlen += g_qlen(h);
+            if (h->nlmsg_type == RTM_NEWLINK && qlen)
+                *qlen += g_in_flight(h);
         }
     }
 }
@@ -493,9 +557,15 @@ static void g_undo_all(volatile uint32_t *expired)
         if (waiting)
             g_sleep_ms(1);
     } while (waiting && g_now_ms() < deadline);
-    for (i = 0; i < G_MAX; i++)
-        if (H[i].used && H[i].armed == -1)
-            (void)g_phase(i, PH_REMOVE, NULL);
+    for (i = 0; i < G_MAX; i++) {
+        uint64_t egress = 0;
+
+        if (!H[i].used || H[i].armed != -1)
+            continue;
+        (void)g_phase(i, PH_REMOVE, NULL);
+        if (H[i].len[PH_EGRESS] && g_phase(i, PH_EGRESS, &egress) == 0 && egress == 0)
+            (void)g_phase(i, PH_LAST, NULL);
+    }
     _exit(0);
 }
 
@@ -597,8 +667,9 @@ static int g_expire(volatile uint32_t *expired)
         if (!h->used || h->armed != 1)
             continue;
         if (h->deadline_ms <= now) {
-            (void)g_phase(i, PH_RELEASE, NULL);
+            /* Said first: the holder must not see the packets go before it can know why. */
             expired[i] = h->seq;
+            (void)g_phase(i, PH_RELEASE, NULL);
             h->armed = 0;
         } else if (next < 0 || h->deadline_ms - now < next) {
             next = h->deadline_ms - now;
@@ -650,6 +721,14 @@ static void guardian_main(int sock, pid_t holder)
     }
     (void)chdir("/");
     pidfd = (int)syscall(SYS_pidfd_open, holder, 0);
+    {
+        /* Nothing of the holder's is held here any more: it may go on. */
+        struct g_rec ready;
+
+        memset(&ready, 0, sizeof(ready));
+        ready.type = G_READY;
+        (void)send(sock, &ready, sizeof(ready), MSG_NOSIGNAL);
+    }
     if (getppid() != holder) {
         /* The holder is already gone: read what it managed to send, then undo it. */
         (void)g_read(sock);

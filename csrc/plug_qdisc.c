@@ -1144,8 +1144,9 @@ int pq_get_stats(struct plug_qdisc *q, struct pq_stats *st)
     err = begin(q);
     if (err < 0)
         return err;
-    if (!q->attached && (q->ingress || q->nterms))
-        return pq__fail(q, PQ_STEP_STATE, -ENOTCONN); /* no tree, no plug to read */
+    /* No tree, no plug to read; after a failed attach, say why it failed again. */
+    if (!q->attached && (q->ingress || q->nterms || q->e.attach_err))
+        return pq__fail(q, PQ_STEP_STATE, -ENOTCONN);
     return read_stats(q, st);
 }
 
@@ -1199,7 +1200,8 @@ int pq_detach(struct plug_qdisc *q, int timeout_ms)
             q->attached = 0;
         if (err < 0)
             return err;
-        if (st.qlen == 0)
+        /* At ingress, released packets pass through the ifb: wait for them too. */
+        if (st.qlen == 0 && (st.qlen = pq__tree_in_flight(q)) == 0)
             break;
         if (now_ms() >= deadline) {
             q->e.held = st.qlen;
@@ -1211,6 +1213,12 @@ int pq_detach(struct plug_qdisc *q, int timeout_ms)
 
     if (q->ingress || q->nterms) {
         err = pq__tree_remove(q);
+        if (err == -EBUSY) {
+            /* Released and removed but for an empty ingress qdisc (see tree.c). */
+            q->attached = 0;
+            q->is_buffering = 0;
+            pq__guard_unregister(q);
+        }
         if (err < 0)
             return err;
     } else {

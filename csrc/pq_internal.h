@@ -79,6 +79,14 @@ struct nl_msg *pq__msg_delete_qdisc(int ifindex, uint32_t parent, uint32_t handl
 /* tree.c: the messages that stop the diversion and that remove the rest. */
 struct nl_msg *pq__tree_msg_divert(struct plug_qdisc *q);
 struct nl_msg *pq__tree_msg_remove(struct plug_qdisc *q);
+/* tree.c: released packets still inside the ifb (ingress), and the message asking for
+ * the ifb's counters. */
+uint64_t pq__tree_in_flight(struct plug_qdisc *q);
+/* tree.c, ingress (NULL otherwise): ask what the device's egress holds; delete the
+ * ingress qdisc (the guardian sends it last, only if the egress holds nothing). */
+struct nl_msg *pq__tree_msg_egress_probe(struct plug_qdisc *q);
+struct nl_msg *pq__tree_msg_remove_ingress(struct plug_qdisc *q);
+struct nl_msg *pq__tree_msg_probe_ifb(struct plug_qdisc *q);
 
 /* guard.c: register an attached hold with the guardian (0 or -errno, step GUARD); forget
  * it; tell it that the hold starts (ARM) or ends, for max_hold; whether it expired. */

@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <arpa/inet.h>
 #include <net/if.h>
 #include <netinet/in.h>
@@ -289,6 +290,50 @@ static int link_index(struct plug_qdisc *q, const char *name, int *ifindex)
     return 0;
 }
 
+/* Packets the ifb has taken from the plug and not yet handed back to the device: the plug
+ * may be empty while the ifb still has released packets on their way. 0 for other holds. */
+uint64_t pq__tree_in_flight(struct plug_qdisc *q)
+{
+    struct rtnl_link *link = NULL;
+    uint64_t rx, done;
+    int err;
+
+    if (!q->ingress || !q->ifb_ifindex)
+        return 0;
+    pq__clear_kerr(q);
+    nl_socket_enable_msg_peek(q->sk);
+    err = rtnl_link_get_kernel(q->sk, q->ifb_ifindex, NULL, &link);
+    nl_socket_disable_msg_peek(q->sk);
+    if (pq__nl_result(q, err) < 0 || !link)
+        return 0; /* no ifb, nothing on its way */
+    /* ifb counts what it takes from its qdisc as rx (dropping at once, as rx_dropped, what
+     * was not redirected to it, such as its own IPv6 chatter), what it hands back as tx */
+    rx = rtnl_link_get_stat(link, RTNL_LINK_RX_PACKETS);
+    done = rtnl_link_get_stat(link, RTNL_LINK_TX_PACKETS) +
+           rtnl_link_get_stat(link, RTNL_LINK_TX_DROPPED) +
+           rtnl_link_get_stat(link, RTNL_LINK_RX_DROPPED);
+    rtnl_link_put(link);
+    return rx > done ? rx - done : 0;
+}
+
+/* The message that asks for the ifb's counters (the guardian's second probe), or NULL. */
+struct nl_msg *pq__tree_msg_probe_ifb(struct plug_qdisc *q)
+{
+    struct nl_msg *msg = nlmsg_alloc_simple(RTM_GETLINK, 0);
+    struct ifinfomsg ifi;
+
+    if (!msg)
+        return NULL;
+    memset(&ifi, 0, sizeof(ifi));
+    ifi.ifi_family = AF_UNSPEC;
+    ifi.ifi_index = q->ifb_ifindex;
+    if (nlmsg_append(msg, &ifi, sizeof(ifi), NLMSG_ALIGNTO) < 0) {
+        nlmsg_free(msg);
+        return NULL;
+    }
+    return msg;
+}
+
 /* Create the ifb of this hold, up ("pqifb" and the device's ifindex). A link of that name
  * left behind is -EEXIST unless REPLACE, which deletes it first. 0 or -errno. */
 static int make_ifb(struct plug_qdisc *q, int replace)
@@ -339,6 +384,27 @@ static int undo(struct plug_qdisc *q, int err)
 
 /* ---- the tree ------------------------------------------------------------------------- */
 
+/* Whether the device's egress (its root qdisc) holds packets: 1 (how many in the error
+ * record's held), 0, or -errno. Packets just released are given 200 ms to leave. */
+static int egress_held(struct plug_qdisc *q)
+{
+    struct rtnl_qdisc *qd = NULL;
+    uint64_t qlen;
+    int err, tries;
+
+    for (tries = 0;; tries++) {
+        err = pq__get_qdisc(q, q->ifindex, TC_H_ROOT, &qd);
+        if (err < 0 || !qd)
+            return err;
+        qlen = rtnl_tc_get_stat(TC_CAST(qd), RTNL_TC_QLEN);
+        rtnl_qdisc_put(qd);
+        q->e.held = qlen;
+        if (qlen == 0 || tries == 200)
+            return qlen > 0 ? 1 : 0;
+        nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+    }
+}
+
 int pq__tree_attach(struct plug_qdisc *q, int replace)
 {
     int err;
@@ -356,6 +422,11 @@ int pq__tree_attach(struct plug_qdisc *q, int replace)
     }
     if ((err = take_place(q, TC_H_INGRESS, replace)) < 0)
         return err;
+    /* Adding (and removing) an ingress qdisc makes the kernel reset the device's egress
+     * qdiscs (qdisc_graft deactivates the device), purging what they hold uncounted: if
+     * the device's egress holds packets now (another hold), refuse before anything. */
+    if ((err = egress_held(q)) != 0)
+        return err < 0 ? pq__fail(q, PQ_STEP_INSPECT, err) : pq__fail(q, PQ_STEP_INGRESS, -EBUSY);
     if ((err = make_ifb(q, replace)) < 0)
         return err;
     q->pl_ifindex = q->ifb_ifindex;
@@ -370,14 +441,13 @@ int pq__tree_attach(struct plug_qdisc *q, int replace)
     return 0;
 }
 
-/* The message that stops the diversion to the plug: flush the prio's filters (egress), or
- * delete the ingress qdisc. NULL if out of memory. */
+/* The message that stops the diversion to the plug: flush the filters of the prio
+ * (egress) or of the ingress qdisc (preference 0 flushes every one; packets then pass).
+ * Not deleting the ingress qdisc here: that would purge the device's egress holds. */
 struct nl_msg *pq__tree_msg_divert(struct plug_qdisc *q)
 {
-    if (q->ingress)
-        return pq__msg_delete_qdisc(q->ifindex, TC_H_INGRESS, INGRESS_HANDLE, "ingress");
-    /* Preference 0 flushes every filter of the prio: packets then go to band 0. */
-    return pq__msg_tc(RTM_DELTFILTER, 0, q->ifindex, PQ_TREE_HANDLE, 0);
+    return pq__msg_tc(RTM_DELTFILTER, 0, q->ifindex, q->ingress ? INGRESS_HANDLE
+                                                                : PQ_TREE_HANDLE, 0);
 }
 
 /* The message that removes the rest: the ifb (its plug goes with it), or the prio. */
@@ -398,20 +468,27 @@ struct nl_msg *pq__tree_msg_remove(struct plug_qdisc *q)
     return msg;
 }
 
+/* Ingress: the message that asks what the device's egress holds, and the one that deletes
+ * the ingress qdisc, sent last and only if the answer is nothing. NULL otherwise. */
+struct nl_msg *pq__tree_msg_egress_probe(struct plug_qdisc *q)
+{
+    return q->ingress ? pq__msg_tc(RTM_GETQDISC, NLM_F_ECHO, q->ifindex, TC_H_ROOT, 0) : NULL;
+}
+
+struct nl_msg *pq__tree_msg_remove_ingress(struct plug_qdisc *q)
+{
+    return q->ingress ? pq__msg_delete_qdisc(q->ifindex, TC_H_INGRESS, INGRESS_HANDLE, "ingress")
+                      : NULL;
+}
+
 int pq__tree_divert_off(struct plug_qdisc *q)
 {
-    struct nl_msg *msg;
+    struct nl_msg *msg = pq__tree_msg_divert(q);
     int err;
 
-    if (q->ingress) {
-        /* No ingress qdisc, no redirection; the ifb still holds what it has. */
-        err = pq__delete_qdisc(q, q->ifindex, TC_H_INGRESS, INGRESS_HANDLE, "ingress");
-    } else {
-        msg = pq__tree_msg_divert(q);
-        if (!msg)
-            return pq__fail(q, PQ_STEP_UNDO, -ENOMEM);
-        err = pq__send(q, msg);
-    }
+    if (!msg)
+        return pq__fail(q, PQ_STEP_UNDO, -ENOMEM);
+    err = pq__send(q, msg);
     /* Already gone (a detach that timed out before) is what we wanted. */
     if (err == -ENOENT || err == -EINVAL)
         err = 0;
@@ -422,16 +499,24 @@ int pq__tree_remove(struct plug_qdisc *q)
 {
     int err;
 
-    if (q->ingress) {
-        err = q->ifb_ifindex ? delete_link(q, q->ifb_ifindex) : 0;
-        if (err == -ENODEV)
-            err = 0;
-        if (err == 0)
-            q->ifb_ifindex = 0;
-    } else {
+    if (!q->ingress) {
         err = pq__delete_qdisc(q, q->ifindex, TC_H_ROOT, PQ_TREE_HANDLE, "prio");
         if (err == -ENOENT || err == -EINVAL)
             err = 0;
+        return err < 0 ? pq__fail(q, PQ_STEP_DELETE, err) : 0;
     }
+    err = q->ifb_ifindex ? delete_link(q, q->ifb_ifindex) : 0;
+    if (err == -ENODEV)
+        err = 0;
+    if (err < 0)
+        return pq__fail(q, PQ_STEP_DELETE, err);
+    q->ifb_ifindex = 0;
+    /* The ingress qdisc last, unless that would purge what the device's egress holds:
+     * then it stays, empty and harmless, and the caller hears why (EBUSY, held). */
+    if ((err = egress_held(q)) != 0)
+        return err < 0 ? pq__fail(q, PQ_STEP_INSPECT, err) : pq__fail(q, PQ_STEP_UNDO, -EBUSY);
+    err = pq__delete_qdisc(q, q->ifindex, TC_H_INGRESS, INGRESS_HANDLE, "ingress");
+    if (err == -ENOENT || err == -EINVAL)
+        err = 0;
     return err < 0 ? pq__fail(q, PQ_STEP_DELETE, err) : 0;
 }

@@ -75,7 +75,7 @@ _STEP_WORDS: Dict[str, str] = {
     "make_ifb": "creating the ifb device that holds what arrives",
     "make_ingress": "creating the ingress qdisc",
     "add_filter": "adding the {found} filter that selects what to hold",
-    "undo": "removing the filters or the ingress qdisc",
+    "undo": "removing what the hold added",
 }
 
 # A kind of qdisc, classifier or device that a hold needs, and the module that brings it.
@@ -110,6 +110,17 @@ def _class_and_advice(code: int, step: str, e: OSError, ctx: Dict[str, str]
         return KernelSupportError, (
             "this kernel lacks %s%s, which this hold needs: load it (`modprobe %s`), or run "
             "under the lab: %s" % (module, extra, module, LAB_HINT))
+    if code == _errno.EBUSY and step == "make_ingress":
+        return PlugQdiscError, (
+            "%s's egress holds %d packets now (another hold): adding the ingress qdisc an "
+            "ingress hold needs would make the kernel drop them (it resets the device's "
+            "egress qdiscs); release that hold first" % (ctx["device"], getattr(e, "held", 0)))
+    if code == _errno.EBUSY and step == "undo":
+        return PlugQdiscError, (
+            "the hold is released and its ifb removed, but the empty ingress qdisc stays on "
+            "%s: removing it now would make the kernel drop the %d packets its egress holds; "
+            "once they are released: `tc qdisc del dev %s ingress`"
+            % (ctx["device"], getattr(e, "held", 0), ctx["name"]))
     if code == _errno.EEXIST and step == "make_ifb":
         return PlugQdiscError, (
             "an ifb device of ours is already there for %s (left by a holder that died?): "

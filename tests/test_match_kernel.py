@@ -470,3 +470,36 @@ def test_ingress_on_lo_holds_arrivals_in_order() -> None:
         q.release()
         assert u.got() == [b"in-%d" % i for i in range(5)]
     u.close()
+
+
+def test_an_ingress_hold_never_makes_the_kernel_drop_what_egress_holds() -> None:
+    """Adding or deleting an ingress qdisc resets the device's egress qdiscs, purging what
+    they hold, uncounted (seen in 6.1): an ingress hold works around it both ways."""
+    u = Udp()
+    egress = PlugQdisc("lo", match=Match(proto="udp", dport=u.addr[1])).attach()
+    egress.buffer()
+    u.send(b"held at egress")
+    assert egress.wait_buffered(1, timeout=5).qlen == 1
+    # attach: refused before anything changes
+    before = device_state("lo")
+    with pytest.raises(PlugQdiscError) as e:
+        PlugQdisc("lo", direction="ingress").attach()
+    assert e.value.errno == errno.EBUSY and e.value.step == "make_ingress"
+    assert "holds 1 packets" in str(e.value) and "drop them" in str(e.value)
+    assert device_state("lo") == before and egress.stats().qlen == 1
+    # detach of an ingress hold made before: the ingress qdisc stays rather than purge
+    egress.release()
+    ingress = PlugQdisc("lo", direction="ingress", match=Match(proto="tcp")).attach()
+    egress.buffer()
+    u.send(b"held again")
+    assert egress.wait_buffered(1, timeout=5).qlen == 1
+    with pytest.raises(PlugQdiscError) as e:
+        ingress.detach()
+    assert e.value.errno == errno.EBUSY and e.value.step == "undo"
+    assert "tc qdisc del dev lo ingress" in str(e.value)
+    assert not ingress.attached and "pqifb" not in sh("ip", "-o", "link")
+    assert egress.stats().qlen == 1  # nothing purged
+    egress.detach()
+    assert u.got() == [b"held at egress", b"held again"]
+    sh("tc", "qdisc", "del", "dev", "lo", "ingress")
+    ingress.close(), egress.close(), u.close()
