@@ -14,18 +14,16 @@ tests cannot see each other's qdiscs and never touch the host's interfaces.
 
 from __future__ import annotations
 
-import ctypes
-import fcntl
 import json
 import os
 import shutil
-import socket
-import struct
 import sys
 import tempfile
 from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
+
+from plugqdisc.netns import NetNamespace
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -201,35 +199,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 # ---- inside: a fresh network namespace for every kernel test ----
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
-
-
-def _check(rc: int, what: str) -> None:
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, "%s: %s" % (what, os.strerror(err)))
-
-
-def link_up(name: str) -> None:
-    """ip link set NAME up, without starting a process (slow in the lab)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        req = struct.pack("16sH14x", name.encode(), 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(s, SIOCGIFFLAGS, req))[1]
-        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | IFF_UP))
-
-
 @pytest.fixture(autouse=True)
 def _fresh_netns(request: pytest.FixtureRequest) -> Iterator[None]:
     if not request.node.get_closest_marker("kernel"):
         yield
         return
-    saved = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
-        link_up("lo")
+    with NetNamespace():
         yield
-    finally:
-        _check(_libc.setns(saved, CLONE_NEWNET), "setns back")
-        os.close(saved)

@@ -11,10 +11,11 @@ import threading
 
 import pytest
 
-from nettools import (UDP_OVERHEAD, Sender, datagrams, nothing_arrives, pattern, recv_all,
+from nettools import (Sender, datagrams, nothing_arrives, pattern, recv_all,
                       let_tcp_fill_the_queue, recv_exactly, send_spread, sh, tcp_pair,
                       udp_pair)
 from plugqdisc import PlugQdisc, PlugQdiscError, Stats, plugged
+from plugqdisc.netns import UDP_OVERHEAD
 
 pytestmark = pytest.mark.kernel
 
