@@ -1,6 +1,6 @@
 """Hold and release against the real sch_plug (in the lab), real traffic over lo.
 
-Each test runs in a fresh network namespace (see conftest.py).
+Each test runs in a fresh network namespace (the plugqdisc marker gives it one).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from nettools import (Sender, datagrams, nothing_arrives, pattern, recv_all,
 from plugqdisc import PlugQdisc, PlugQdiscError, Stats, plugged
 from plugqdisc.netns import UDP_OVERHEAD
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.plugqdisc
 
 
 def has_plug(dev: str = "lo") -> bool:
