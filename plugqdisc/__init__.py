@@ -34,7 +34,11 @@ import os
 import time
 from typing import Iterator, List, NamedTuple, Optional, Union
 
-from . import _plugqdisc
+try:
+    from . import _plugqdisc
+except ImportError as e:  # say what to do (a source tree hiding the installed package)
+    from ._extension import import_failed
+    raise import_failed(e) from e
 from ._errors import (DeviceNotFoundError, KernelSupportError, ParentNotFoundError,
                       PlugQdiscError, PlugQdiscPermissionError, not_attached_default,
                       optional_number, translate)
