@@ -183,8 +183,8 @@ def _plugqdisc_marked_netns(request: pytest.FixtureRequest) -> None:
     if mark is None:
         return
     if mark.args or set(mark.kwargs) - {"netns"}:
-        raise pytest.UsageError("%s: the plugqdisc marker takes only netns=True/False, "
-                                "not %s" % (request.node.nodeid, mark))
+        raise TypeError("%s: the plugqdisc marker takes only netns=True/False, not %s"
+                        % (request.node.nodeid, mark))
     if mark.kwargs.get("netns", True):
         request.getfixturevalue("netns")
 
