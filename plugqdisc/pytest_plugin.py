@@ -64,7 +64,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="the User-Mode Linux kernel of the lab (default %s)" % lab.DEFAULT_KERNEL)
     group.addoption(
         "--plugqdisc-lab-timeout", type=float, default=LAB_TIMEOUT, metavar="SECONDS",
-        help="stop the lab after this long; its unfinished tests fail (default %d)"
+        help="stop the lab after this long; the marked tests then error (default %d)"
         % LAB_TIMEOUT)
     group.addoption("--plugqdisc-lab-report", default=None, help=argparse.SUPPRESS)
 
@@ -261,6 +261,11 @@ class _LabRun:
                            cwd=self.config.rootpath, timeout=timeout, capture_output=True,
                            kernel=self.config.getoption("plugqdisc_lab_kernel"))
             output = ((done.stdout or b"") + (done.stderr or b"")).decode(errors="replace")
+            if done.returncode == lab.TIMEOUT_STATUS and not os.path.exists(report):
+                self.error = ("the lab was stopped after %s s (--plugqdisc-lab-timeout) before "
+                              "the marked tests had finished; their pytest run said:\n%s"
+                              % (timeout, output[-4000:]))
+                return {}
             with open(report) as f:
                 results: Dict[str, Dict[str, Dict[str, str]]] = json.load(f)
             self.error = ("the lab reported nothing for this test; its pytest run said:\n%s"

@@ -103,6 +103,10 @@ def test_unmarked():
         assert "User Mode Linux" not in f.read()
 '''
 
+needs_lab = pytest.mark.skipif(
+    bool(os.environ.get(INNER_ENV)) or not os.path.exists(lab.DEFAULT_KERNEL),
+    reason="UML cannot run inside the lab; outside it needs /usr/bin/linux.uml "
+    "(apt-get install user-mode-linux)")
 Outcome = Tuple[str, str]  # (passed|failed|error|skipped|xfailed, message)
 
 
@@ -207,9 +211,7 @@ def test_the_kernel_is_probed_once_and_the_environment_overrides(tmp_path: Path)
         assert kind == "failed" and "KernelSupportError" in message and "lab" in message
 
 
-@pytest.mark.skipif(bool(os.environ.get("PLUGQDISC_INNER")) or not os.path.exists(
-    lab.DEFAULT_KERNEL), reason="UML cannot run inside the lab; outside it needs "
-    "/usr/bin/linux.uml (apt-get install user-mode-linux)")
+@needs_lab
 def test_with_the_option_each_marked_test_reports_its_own_outcome_from_one_boot(
         tmp_path: Path) -> None:
     where = project(tmp_path)
@@ -232,3 +234,15 @@ def test_with_the_option_each_marked_test_reports_its_own_outcome_from_one_boot(
     assert sorted(ran) == ["fails", "holds", "left", "skips", "unmarked"]
     host_boot = ran.pop("unmarked")
     assert len(set(ran.values())) == 1 and host_boot not in ran.values()  # one boot
+
+
+@needs_lab
+def test_a_lab_that_runs_out_of_time_fails_the_tests_saying_so(tmp_path: Path) -> None:
+    where = project(tmp_path)
+    outcomes, p = run_pytest(where, "--plugqdisc-lab", "--plugqdisc-lab-timeout", "0.5",
+                             "-k", "holds or unmarked")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert outcomes["test_unmarked"] == ("passed", "")
+    kind, text = outcomes["test_holds"]
+    assert kind == "error"  # at setup, where the lab run is waited for
+    assert "the lab was stopped after 0.5 s (--plugqdisc-lab-timeout)" in text
