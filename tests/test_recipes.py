@@ -19,9 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.plugqdisc
 def test_a_connection_made_during_a_restart_reaches_the_new_server(plug: PlugFactory) -> None:
-    old = socket.create_server(("127.0.0.1", 0))
-    port = old.getsockname()[1]
     q = plug("lo")
+    old = socket.create_server(("127.0.0.1", 0))  # the server running
+    port = old.getsockname()[1]
     q.buffer()                          # hold from here
     old.close()                         # the old server goes away ...
     client = socket.socket()

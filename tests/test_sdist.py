@@ -24,7 +24,9 @@ NOT_SHIPPED = {".ci/run"}  # the repository's CI, not the package's
 
 
 def run(*cmd: str, cwd: Path = ROOT, ok: bool = True) -> "subprocess.CompletedProcess[str]":
-    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+    # Without PYTHONPATH: the new environment must import its own plugqdisc, nothing else.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     if ok:
         assert p.returncode == 0, "%s failed:\n%s%s" % (" ".join(cmd), p.stdout, p.stderr)
     return p
