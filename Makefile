@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench system venv clean
+.PHONY: demo test bench docs system venv clean
 
 # The reload race, without and with plugged("lo"), under a kernel that has sch_plug.
 demo: venv
@@ -16,6 +16,10 @@ test: venv
 bench: venv
 	$(PY) bench/run.py
 
+# The documentation, as HTML in docs/_build/html; a warning is an error.
+docs: venv
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
 system:
 	PYTHON=$(PYTHON) sh scripts/system-deps.sh
 
@@ -24,7 +28,7 @@ $(PY):
 
 venv: system $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,docs]'
 
 clean:
-	rm -rf build *.egg-info plugqdisc/*.so bench/build $(VENV)
+	rm -rf build dist *.egg-info plugqdisc/*.so bench/build docs/_build $(VENV)

@@ -2,15 +2,16 @@
 
 bench/run.py starts this with plugqdisc.lab.run() and reads the raw samples it
 writes to --json-out; all the statistics and the table are made on the host.
-Progress goes to stderr. Each section works in a network namespace of its own,
-made with unshare(CLONE_NEWNET), so nothing one leaves behind reaches the next.
+Progress goes to stderr. Each section (and each round of the hold section) works
+in a network namespace of its own (plugqdisc.netns.NetNamespace), so nothing one
+leaves behind reaches the next; the C loops and tools it starts are born in it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
-import fcntl
 import json
 import os
 import select
@@ -25,57 +26,16 @@ import traceback
 
 import plugqdisc
 from plugqdisc import PlugQdisc
+from plugqdisc.netns import UDP_OVERHEAD, NetNamespace, sysctl
 
-CLONE_NEWNET = 0x40000000
-SIOCGIFFLAGS = 0x8913
-SIOCSIFFLAGS = 0x8914
-IFF_UP = 0x1
 SOL_TCP = 6
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 HANDLE = 0x10000  # "1:"
-UDP_OVERHEAD = 42  # 8 UDP + 20 IPv4 + 14 Ethernet header bytes: what sch_plug counts on lo
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def log(msg: str) -> None:
     print("[inner] %s" % msg, file=sys.stderr, flush=True)
-
-
-# ---- network namespaces --------------------------------------------------------------
-
-def fresh_netns() -> None:
-    """Move this (single-threaded) process into a new, empty network namespace with lo up.
-    Children (floor, tc, ...) inherit it."""
-    if _libc.unshare(CLONE_NEWNET) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, "unshare(CLONE_NEWNET): %s" % os.strerror(e))
-    set_up("lo")
-
-
-def set_up(ifname: str) -> None:
-    # An ioctl rather than `ip link set lo up`: a process costs ~0.1 s in the lab.
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        req = struct.pack("16sh", ifname.encode(), 0)
-        flags = struct.unpack("16sh", fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, req + b"\0" * 22)[:18])[1]
-        fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sh", ifname.encode(), flags | IFF_UP) + b"\0" * 22)
-
-
-def enter_netns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, "setns: %s" % os.strerror(e))
-
-
-def sysctl(name: str, value: object) -> bool:
-    """Set a per-namespace sysctl in the current netns; False if this kernel lacks it."""
-    try:
-        with open("/proc/sys/" + name.replace(".", "/"), "w") as f:
-            f.write(str(value))
-        return True
-    except OSError:
-        return False
 
 
 def run_c(binary: str, *args: object) -> int:
@@ -88,7 +48,6 @@ def run_c(binary: str, *args: object) -> int:
 # ---- 1. cost of one operation ---------------------------------------------------------
 
 def sec_ops(a: argparse.Namespace) -> dict:
-    fresh_netns()
     limit = 10 * 1000 * 1000
     q = PlugQdisc("lo", limit=limit).attach()
     ifindex = socket.if_nametoindex("lo")
@@ -192,15 +151,16 @@ def sec_ops(a: argparse.Namespace) -> dict:
 
 def tcp_hold(segments: int) -> dict:
     """Hold SEGMENTS small TCP segments, release, check every byte arrives in order."""
-    fresh_netns()
     # Per-namespace TCP knobs that would otherwise stop the sender from emitting one
     # segment per write while earlier segments sit in the qdisc (they are not freed):
     # autocorking merges writes, TCP small queues (limit_output_bytes) throttles.
     # And a sender that is "application-limited" for longer than its retransmission
     # timeout has its congestion window cut (RFC 2861), unless slow_start_after_idle is 0.
-    knobs = {"tcp_autocorking=0": sysctl("net.ipv4.tcp_autocorking", 0),
-             "tcp_limit_output_bytes": sysctl("net.ipv4.tcp_limit_output_bytes", 256 << 20),
-             "tcp_slow_start_after_idle=0": sysctl("net.ipv4.tcp_slow_start_after_idle", 0)}
+    knobs = {"tcp_autocorking=0": sysctl("net.ipv4.tcp_autocorking", 0, missing_ok=True),
+             "tcp_limit_output_bytes": sysctl("net.ipv4.tcp_limit_output_bytes", 256 << 20,
+                                              missing_ok=True),
+             "tcp_slow_start_after_idle=0": sysctl("net.ipv4.tcp_slow_start_after_idle", 0,
+                                                   missing_ok=True)}
     # Held segments are never acked: the congestion window must cover them all from the
     # start. A host route for 127.0.0.1 carries a large initial cwnd (and receive window),
     # and a minimum retransmission timeout longer than the hold: sending 10,000 segments
@@ -280,7 +240,6 @@ def tcp_hold(segments: int) -> dict:
 def udp_limit(datagrams: int, payload: int, keep: int) -> dict:
     """With a limit that fits KEEP datagrams (plus half of one), send DATAGRAMS: exactly
     the rest must be dropped, and exactly the first KEEP received."""
-    fresh_netns()
     size = payload + UDP_OVERHEAD
     limit = keep * size + size // 2
     expected_kept = limit // size  # sch_plug enqueues while backlog + len <= limit
@@ -330,8 +289,10 @@ def udp_limit(datagrams: int, payload: int, keep: int) -> dict:
 def sec_hold(a: argparse.Namespace) -> dict:
     res: dict = {"tcp": [], "udp": []}
     for r in range(a.rounds):
-        res["tcp"].append(tcp_hold(a.segments))
-        res["udp"].append(udp_limit(a.udp_datagrams, 100, a.udp_keep))
+        with NetNamespace():
+            res["tcp"].append(tcp_hold(a.segments))
+        with NetNamespace():
+            res["udp"].append(udp_limit(a.udp_datagrams, 100, a.udp_keep))
         log("hold round %d/%d done (tcp qlen %d, send blocked %s, drain %.3f s)"
             % (r + 1, a.rounds, res["tcp"][-1]["held"]["qlen"], res["tcp"][-1]["send_blocked"],
                res["tcp"][-1]["drain_s"]))
@@ -341,7 +302,6 @@ def sec_hold(a: argparse.Namespace) -> dict:
 # ---- 4. release latency ---------------------------------------------------------------
 
 def sec_latency(a: argparse.Namespace) -> dict:
-    fresh_netns()
     lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     lsock.bind(("127.0.0.1", 0))
     lsock.listen(1)
@@ -385,26 +345,30 @@ def sec_latency(a: argparse.Namespace) -> dict:
 
 def sec_links(a: argparse.Namespace) -> dict:
     # One namespace per link count, all made first; the rounds then visit them in turn.
-    spaces = {}
-    tmp = tempfile.mkdtemp(prefix="bench-links-")
-    for count in a.link_counts:
-        fresh_netns()
-        if count:
-            batch = os.path.join(tmp, "links-%d" % count)
-            with open(batch, "w") as f:
-                f.writelines("link add d%d type dummy\n" % i for i in range(count))
-            subprocess.run(["ip", "-batch", batch], check=True)
-        links = len(socket.if_nameindex())
-        spaces[count] = (os.open("/proc/self/ns/net", os.O_RDONLY), links)
-    shutil.rmtree(tmp, ignore_errors=True)
+    with contextlib.ExitStack() as stack:
+        spaces = {}
+        tmp = tempfile.mkdtemp(prefix="bench-links-")
+        for count in a.link_counts:
+            ns = stack.enter_context(NetNamespace())
+            if count:
+                batch = os.path.join(tmp, "links-%d" % count)
+                with open(batch, "w") as f:
+                    f.writelines("link add d%d type dummy\n" % i for i in range(count))
+                subprocess.run(["ip", "-batch", batch], check=True)
+            spaces[count] = (ns, len(socket.if_nameindex()))
+        shutil.rmtree(tmp, ignore_errors=True)
+        return links_rounds(a, spaces)
+
+
+def links_rounds(a: argparse.Namespace, spaces: dict) -> dict:
     limit = 10 * 1000 * 1000
     res: dict = {"iterations_per_round": a.n_attach, "by_dummies": {}}
     for count, (_, links) in spaces.items():
         res["by_dummies"][str(count)] = {"links": links, "plugqdisc_us": [], "cache_c_us": [],
                                          "plugqdisc_attach_only_us": []}
     for r in range(a.rounds):
-        for count, (fd, _) in spaces.items():
-            enter_netns(fd)
+        for count, (ns, _) in spaces.items():
+            ns.enter()
             row = res["by_dummies"][str(count)]
             total = attach_only = 0.0
             for _ in range(a.n_attach):
@@ -424,8 +388,6 @@ def sec_links(a: argparse.Namespace) -> dict:
             ns = run_c(a.cache_attach, "lo", a.n_attach, limit)
             row["cache_c_us"].append(ns / 1000.0 / a.n_attach)
         log("links round %d/%d done" % (r + 1, a.rounds))
-    for fd, _ in spaces.values():
-        os.close(fd)
     return res
 
 
@@ -451,7 +413,8 @@ def main() -> int:
     # guest). 10,000 held segments, plus what an earlier round's namespace has not freed
     # yet, reach its pressure mark, and the sender then blocks short of 10,000. Raise it
     # for this guest (the lab's own kernel, gone when the run ends).
-    result["tcp_mem_raised"] = sysctl("net.ipv4.tcp_mem", "1000000 1500000 2000000")
+    result["tcp_mem_raised"] = sysctl("net.ipv4.tcp_mem", "1000000 1500000 2000000",
+                                      missing_ok=True)
     t0 = time.perf_counter()
     # Links last: tearing down namespaces of 1000 devices is slow kernel work we keep
     # away from the other sections.
@@ -459,7 +422,8 @@ def main() -> int:
                      ("links", sec_links)):
         t = time.perf_counter()
         try:
-            result[name] = fn(a)
+            with NetNamespace():
+                result[name] = fn(a)
         except Exception:
             result["errors"][name] = traceback.format_exc()
             log("section %s FAILED:\n%s" % (name, result["errors"][name]))

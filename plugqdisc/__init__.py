@@ -34,7 +34,12 @@ import os
 import time
 from typing import Iterator, List, NamedTuple, Optional, Sequence, Union
 
-from . import _guard, _plugqdisc
+try:
+    from . import _plugqdisc
+except ImportError as e:  # say what to do (a source tree hiding the installed package)
+    from ._extension import import_failed
+    raise import_failed(e) from e
+from . import _guard
 from ._match import Match, terms_of
 from ._errors import (DeviceNotFoundError, KernelSupportError, ParentNotFoundError,
                       PlugQdiscError, PlugQdiscPermissionError, not_attached_default,

@@ -43,7 +43,7 @@ import tempfile
 import time
 from typing import IO, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-__all__ = ["run", "LabError", "DEFAULT_KERNEL", "MODULES", "TIMEOUT_STATUS"]
+__all__ = ["run", "find_kernel", "LabError", "DEFAULT_KERNEL", "MODULES", "TIMEOUT_STATUS"]
 
 DEFAULT_KERNEL = "/usr/bin/linux.uml"
 MODULE_ROOT = "/usr/lib/uml/modules"
@@ -71,7 +71,8 @@ LAB_FAILURE_STATUS = 125  # the lab itself failed (like timeout(1) and env(1))
 # Exit codes of the init script, for failures before CMD runs.
 _SETUP_FAILED = 200
 
-_INSTALL_HINT = "install it with `apt-get install user-mode-linux` (Debian/Ubuntu) or pass --kernel PATH"
+_INSTALL_HINT = ("install it with `apt-get install user-mode-linux` (Debian/Ubuntu) or pass "
+                 "{option} PATH")
 
 
 class LabError(RuntimeError):
@@ -106,7 +107,8 @@ def _guest_script(
     if modules:
         lines.append(
             "[ -d \"$mods\" ] || fail \"the module tree $mods for this kernel is missing: "
-            "%s (it ships the modules beside the kernel)\"" % _INSTALL_HINT.replace("`", "")
+            "%s (it ships the modules beside the kernel)\""
+            % _INSTALL_HINT.format(option="--kernel").replace("`", "")
         )
     for m in modules:
         lines.append(
@@ -181,16 +183,20 @@ class _Sink:
         return None if self.parts is None else b"".join(self.parts)
 
 
-def _find_kernel(kernel: Optional[str]) -> str:
+def find_kernel(kernel: Optional[str] = None, *, option: str = "--kernel") -> str:
+    """The path of the UML kernel to boot (``kernel``, or :data:`DEFAULT_KERNEL`);
+    :class:`LabError` naming the fix when it is missing or not executable (``option``:
+    how the caller's user passes another kernel)."""
     path = kernel or DEFAULT_KERNEL
     if not os.path.isfile(path):
         if kernel:
             raise LabError("the lab kernel %r does not exist: pass the path of a UML kernel "
-                           "(linux.uml) to --kernel" % kernel)
+                           "(linux.uml) to %s" % (kernel, option))
         raise LabError("the lab needs the User-Mode Linux kernel %s, which is missing: %s"
-                       % (DEFAULT_KERNEL, _INSTALL_HINT))
+                       % (DEFAULT_KERNEL, _INSTALL_HINT.format(option=option)))
     if not os.access(path, os.X_OK):
-        raise LabError("the lab kernel %s is not executable: chmod +x it or pass --kernel" % path)
+        raise LabError("the lab kernel %s is not executable: chmod +x it or pass %s"
+                       % (path, option))
     return path
 
 
@@ -243,10 +249,11 @@ def run(
         raise ValueError("an argument contains a NUL byte, which no command line can carry")
     env = dict(os.environ if env is None else env)
     cwd = os.path.abspath(os.fspath(cwd) if cwd is not None else os.getcwd())
-    kernel_path = _find_kernel(kernel)
+    kernel_path = find_kernel(kernel)
     modules = list(modules)
     if modules and not os.path.isdir(MODULE_ROOT) and kernel is None:
-        raise LabError("the lab's module tree %s is missing: %s" % (MODULE_ROOT, _INSTALL_HINT))
+        raise LabError("the lab's module tree %s is missing: %s"
+                       % (MODULE_ROOT, _INSTALL_HINT.format(option="--kernel")))
     if not capture_output:
         stdout = sys.stdout if stdout is None else stdout
         stderr = sys.stderr if stderr is None else stderr

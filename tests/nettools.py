@@ -7,8 +7,8 @@ import subprocess
 import threading
 from typing import List, Optional, Tuple
 
-# A UDP datagram of N payload bytes is N + 42 bytes on lo (14 Ethernet + 20 IP + 8 UDP).
-UDP_OVERHEAD = 42
+from plugqdisc.netns import sysctl
+
 QUIET = 0.3  # how long "nothing arrives" is waited for
 
 
@@ -96,12 +96,10 @@ def let_tcp_fill_the_queue() -> None:
     """In this (test's own) namespace, let one TCP connection put a lot into the qdisc:
     TCP small queues and the initial congestion window otherwise keep all but about two
     segments in the socket, waiting for ACKs that the plug holds too."""
-    with open("/proc/sys/net/ipv4/tcp_limit_output_bytes", "w") as f:
-        f.write(str(256 << 20))
-    with open("/proc/sys/net/ipv4/tcp_autocorking", "w") as f:
-        f.write("0")
-    with open("/proc/sys/net/ipv4/tcp_slow_start_after_idle", "w") as f:
-        f.write("0")  # else a window unused for an RTO is cut (RFC 2861)
+    sysctl("net.ipv4.tcp_limit_output_bytes", 256 << 20)
+    sysctl("net.ipv4.tcp_autocorking", 0)
+    # else a window unused for an RTO is cut (RFC 2861)
+    sysctl("net.ipv4.tcp_slow_start_after_idle", 0)
     # rto_min: no retransmission timeout (and collapsed window) while segments are held
     sh("ip", "route", "replace", "local", "127.0.0.1", "dev", "lo", "table", "local",
        "initcwnd", "200", "initrwnd", "200", "rto_min", "60s")

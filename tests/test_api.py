@@ -71,8 +71,10 @@ def test_module_level_attach_checks_arguments_first() -> None:
 
 
 def test_importing_has_no_side_effects() -> None:
+    # pytest_plugin too: pytest imports it in every session of everyone who installs us.
     code = ("import os; before = set(os.listdir('/proc/self/fd')); import plugqdisc; "
-            "import plugqdisc.lab; print(len(set(os.listdir('/proc/self/fd')) - before))")
+            "import plugqdisc.lab, plugqdisc.netns, plugqdisc.pytest_plugin; "
+            "print(len(set(os.listdir('/proc/self/fd')) - before))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0"  # no socket opened, nothing left open

@@ -1,6 +1,6 @@
 """Hold and release against the real sch_plug (in the lab), real traffic over lo.
 
-Each test runs in a fresh network namespace (see conftest.py).
+Each test runs in a fresh network namespace (the plugqdisc marker gives it one).
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ import threading
 
 import pytest
 
-from nettools import (UDP_OVERHEAD, Sender, datagrams, nothing_arrives, pattern, recv_all,
+from nettools import (Sender, datagrams, nothing_arrives, pattern, recv_all,
                       let_tcp_fill_the_queue, recv_exactly, send_spread, sh, tcp_pair,
                       udp_pair)
 from plugqdisc import PlugQdisc, PlugQdiscError, Stats, plugged
+from plugqdisc.netns import UDP_OVERHEAD
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.plugqdisc
 
 
 def has_plug(dev: str = "lo") -> bool:

@@ -1,0 +1,248 @@
+"""The pytest plugin as a user meets it: a throwaway project with marked and unmarked
+tests, run by pytest on the host, with and without --plugqdisc-lab. Outcomes are read
+from pytest's JUnit XML report."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Dict, Tuple
+
+import pytest
+
+from plugqdisc import lab
+from plugqdisc.pytest_plugin import INNER_ENV
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+PROJECT = '''
+import os
+import socket
+import subprocess
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUTSIDE = os.stat("/proc/thread-self/ns/net").st_ino  # pytest's own namespace
+
+
+def note(name):
+    """Leave a trace of where a test ran: the boot id is the same for one boot."""
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        boot = f.read().strip()
+    with open(os.path.join(HERE, "ran.txt"), "a") as f:
+        f.write("%s %s\\n" % (name, boot))
+
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("distinctive setup error")
+
+
+@pytest.mark.plugqdisc
+def test_holds(plug):
+    note("holds")
+    assert socket.if_nameindex() == [(1, "lo")]  # a namespace of its own
+    assert os.stat("/proc/thread-self/ns/net").st_ino != OUTSIDE
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    q = plug("lo")
+    q.buffer()
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"held", rx.getsockname())
+    assert q.wait_buffered(1, timeout=5).qlen == 1
+    q.release()
+    rx.settimeout(5)
+    assert rx.recv(10) == b"held"
+
+
+@pytest.mark.plugqdisc(netns=False)
+def test_fails_while_holding(plug):
+    note("fails")
+    q = plug("lo")
+    q.buffer()
+    assert not q.is_buffering, "distinctive failure: still holding"
+
+
+@pytest.mark.plugqdisc(netns=False)
+def test_nothing_left_behind():
+    note("left")
+    out = subprocess.run(["tc", "qdisc", "show", "dev", "lo"], capture_output=True,
+                         text=True, check=True).stdout
+    assert " plug " not in out, out
+
+
+@pytest.mark.plugqdisc
+def test_skips():
+    note("skips")
+    pytest.skip("distinctive skip reason")
+
+
+@pytest.mark.plugqdisc
+def test_setup_fails(broken):
+    pass
+
+
+@pytest.mark.plugqdisc
+@pytest.mark.xfail(reason="distinctive known bug", strict=True)
+def test_known_bug():
+    assert False
+
+
+@pytest.mark.plugqdisc
+def test_deselected():
+    note("deselected")
+
+
+def test_unmarked():
+    note("unmarked")
+    with open("/proc/cpuinfo") as f:
+        assert "User Mode Linux" not in f.read()
+'''
+
+needs_lab = pytest.mark.skipif(
+    bool(os.environ.get(INNER_ENV)) or not os.path.exists(lab.DEFAULT_KERNEL),
+    reason="UML cannot run inside the lab; outside it needs /usr/bin/linux.uml "
+    "(apt-get install user-mode-linux)")
+Outcome = Tuple[str, str]  # (passed|failed|error|skipped|xfailed, message)
+
+
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_user.py").write_text(textwrap.dedent(PROJECT))
+    return tmp_path
+
+
+def run_pytest(where: Path, *args: str, native: str = "0"
+               ) -> Tuple[Dict[str, Outcome], "subprocess.CompletedProcess[str]"]:
+    """pytest on the throwaway project; {test name: outcome} from its JUnit report."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PLUGQDISC_") and k != "PYTEST_ADDOPTS"}
+    if native:
+        env["PLUGQDISC_NATIVE"] = native
+    xml = where / "report.xml"
+    p = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                        "--junitxml", str(xml), *args], cwd=where, env=env,
+                       capture_output=True, text=True, timeout=600)
+    outcomes: Dict[str, Outcome] = {}
+    for case in ET.parse(xml).getroot().iter("testcase"):
+        result: Outcome = ("passed", "")
+        for child in case:
+            if child.tag in ("failure", "error"):
+                kind = "failed" if child.tag == "failure" else "error"
+                result = (kind, (child.get("message") or "") + "\n" + (child.text or ""))
+            elif child.tag == "skipped":
+                kind = "xfailed" if child.get("type") == "pytest.xfail" else "skipped"
+                result = (kind, child.get("message") or "")
+        outcomes[case.get("name", "")] = result
+    return outcomes, p
+
+
+def traces(where: Path) -> Dict[str, str]:
+    """{test name: boot id} for each test that ran."""
+    path = where / "ran.txt"
+    lines = path.read_text().split("\n") if path.exists() else []
+    return dict(line.split() for line in lines if line)
+
+
+def test_without_the_option_marked_tests_are_skipped_saying_how(tmp_path: Path) -> None:
+    where = project(tmp_path)
+    outcomes, p = run_pytest(where, "-rs")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert outcomes.pop("test_unmarked") == ("passed", "")
+    assert len(outcomes) == 7
+    for name, (kind, message) in outcomes.items():
+        assert kind == "skipped", name
+        assert "needs a kernel with sch_plug (PLUGQDISC_NATIVE=0)" in message
+        assert "--plugqdisc-lab" in message
+    assert list(traces(where)) == ["unmarked"]  # no marked test started, no fixture ran
+    assert "--plugqdisc-lab" in p.stdout  # the -rs summary tells the person, too
+
+
+def test_a_missing_lab_kernel_skips_them_naming_the_fix(tmp_path: Path) -> None:
+    where = project(tmp_path)
+    outcomes, p = run_pytest(where, "--plugqdisc-lab", "--plugqdisc-lab-kernel",
+                             "/nonexistent/linux", "-k", "holds or unmarked")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert outcomes["test_unmarked"] == ("passed", "")
+    kind, message = outcomes["test_holds"]
+    assert kind == "skipped" and message.startswith("--plugqdisc-lab: the lab kernel")
+    assert "/nonexistent/linux" in message and "to --plugqdisc-lab-kernel" in message
+
+
+def test_this_suite_requires_a_kernel_test_to_pass_in_ci() -> None:
+    """PLUGQDISC_REQUIRE_LAB (tests/conftest.py): kernel tests that all skip fail the run."""
+    env = dict(os.environ, PLUGQDISC_REQUIRE_LAB="1", PLUGQDISC_NATIVE="0")
+    env.pop(INNER_ENV, None)
+    p = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o",
+                        "addopts=", "tests/test_hold_release.py", "-k", "udp_is_held"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert "1 skipped" in p.stdout
+    assert "PLUGQDISC_REQUIRE_LAB: no kernel test passed (1 selected" in p.stderr
+
+
+def host_has_plug() -> bool:
+    """tc's own answer, in a private network namespace."""
+    p = subprocess.run(["unshare", "-n", "tc", "qdisc", "add", "dev", "lo", "root", "plug",
+                        "limit", "1000"], capture_output=True, text=True)
+    return p.returncode == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the probe creates a network namespace: it "
+                    "needs root (make test runs as root)")
+def test_the_kernel_is_probed_once_and_the_environment_overrides(tmp_path: Path) -> None:
+    where = project(tmp_path)
+    outcomes, p = run_pytest(where, "-k", "holds or unmarked", native="")
+    if host_has_plug():
+        assert outcomes["test_holds"] == ("passed", ""), p.stdout
+    else:
+        kind, message = outcomes["test_holds"]
+        assert kind == "skipped" and "(this kernel has no sch_plug)" in message
+    # PLUGQDISC_NATIVE=1: the marked test runs here, whatever the kernel says.
+    outcomes, p = run_pytest(where, "-k", "holds", native="1")
+    kind, message = outcomes["test_holds"]
+    if host_has_plug():
+        assert kind == "passed", message
+    else:
+        assert kind == "failed" and "KernelSupportError" in message and "lab" in message
+
+
+@needs_lab
+def test_with_the_option_each_marked_test_reports_its_own_outcome_from_one_boot(
+        tmp_path: Path) -> None:
+    where = project(tmp_path)
+    outcomes, p = run_pytest(where, "--plugqdisc-lab", "-k", "not deselected")
+    assert p.returncode == 1, p.stdout + p.stderr  # one test failed, one errored
+    assert outcomes.pop("test_holds") == ("passed", "")
+    assert outcomes.pop("test_nothing_left_behind") == ("passed", "")
+    assert outcomes.pop("test_unmarked") == ("passed", "")
+    kind, text = outcomes.pop("test_fails_while_holding")
+    assert kind == "failed"
+    assert "ran in the lab" in text
+    assert "AssertionError: distinctive failure: still holding" in text
+    assert "assert not q.is_buffering" in text and "test_user.py:" in text  # the traceback
+    kind, text = outcomes.pop("test_setup_fails")
+    assert kind == "error" and "RuntimeError: distinctive setup error" in text
+    assert outcomes.pop("test_skips") == ("skipped", "in the lab: distinctive skip reason")
+    assert outcomes.pop("test_known_bug") == ("xfailed", "in the lab: distinctive known bug")
+    assert outcomes == {}  # test_deselected was not collected for the lab either
+    ran = traces(where)
+    assert sorted(ran) == ["fails", "holds", "left", "skips", "unmarked"]
+    host_boot = ran.pop("unmarked")
+    assert len(set(ran.values())) == 1 and host_boot not in ran.values()  # one boot
+
+
+@needs_lab
+def test_a_lab_that_runs_out_of_time_fails_the_tests_saying_so(tmp_path: Path) -> None:
+    where = project(tmp_path)
+    outcomes, p = run_pytest(where, "--plugqdisc-lab", "--plugqdisc-lab-timeout", "0.5",
+                             "-k", "holds or unmarked")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert outcomes["test_unmarked"] == ("passed", "")
+    kind, text = outcomes["test_holds"]
+    assert kind == "error"  # at setup, where the lab run is waited for
+    assert "the lab was stopped after 0.5 s (--plugqdisc-lab-timeout)" in text
