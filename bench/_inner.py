@@ -391,6 +391,117 @@ def links_rounds(a: argparse.Namespace, spaces: dict) -> dict:
     return res
 
 
+# ---- 5. selective and ingress holds, the guardian ----------------------------------------
+
+def _dummy(name: str) -> str:
+    subprocess.run(["ip", "link", "add", name, "type", "dummy"], check=True)
+    subprocess.run(["ip", "link", "set", name, "up"], check=True)
+    return name
+
+
+def _udp_rtt(client: socket.socket, addr: tuple) -> float:
+    """One UDP round trip on lo (the server echoes), in seconds."""
+    t = time.perf_counter()
+    client.sendto(b"ping", addr)
+    client.recv(64)
+    return time.perf_counter() - t
+
+
+def sec_modes(a: argparse.Namespace) -> dict:
+    """buffer+release cost of each kind of hold (each on its own dummy device, turn by
+    turn in rotating chunks); attach+detach of each; the round-trip time of traffic a
+    match hold does not select, against no qdisc at all."""
+    import threading
+    from plugqdisc import Match
+
+    variants = {
+        "plain_unguarded": dict(guard=False),
+        "plain": {},
+        "plain_max_hold": dict(max_hold=3600),
+        "match": dict(match=Match(proto="udp", dport=9)),
+        "ingress": dict(direction="ingress"),
+    }
+    qs = {}
+    for i, (name, kw) in enumerate(variants.items()):
+        qs[name] = PlugQdisc(_dummy("bm%d" % i), **kw).attach()  # type: ignore[arg-type]
+    res: dict = {"pairs_per_round": a.n_fast, "samples_us": {k: [] for k in variants}}
+
+    def chunk(q: PlugQdisc, pairs: int) -> float:
+        t = time.perf_counter()
+        for _ in range(pairs):
+            q.buffer()
+            q.release()
+        return time.perf_counter() - t
+
+    names = list(variants)
+    chunks = 10 if a.n_fast >= 10 else 1
+    for r in range(a.rounds):
+        spent = {k: 0.0 for k in names}
+        for c in range(chunks):
+            for k in names[c % len(names):] + names[:c % len(names)]:
+                spent[k] += chunk(qs[k], a.n_fast // chunks)
+        for k in names:
+            res["samples_us"][k].append(spent[k] * 1e6 / (a.n_fast // chunks * chunks))
+        log("modes round %d/%d done" % (r + 1, a.rounds))
+    for q in qs.values():
+        q.detach()
+        q.close()
+
+    # attach + detach of each kind (guarded, as users get it)
+    res["attach_detach_us"] = {}
+    for name, kw in (("plain", {}), ("match", dict(match=Match(proto="udp", dport=9))),
+                     ("ingress", dict(direction="ingress"))):
+        dev = _dummy("ad" + name[:3])
+        xs = []
+        for _ in range(a.n_attach):
+            t = time.perf_counter()
+            q = PlugQdisc(dev, **kw).attach()  # type: ignore[arg-type]
+            q.detach()
+            xs.append((time.perf_counter() - t) * 1e6)
+            q.close()
+        res["attach_detach_us"][name] = xs
+
+    # unmatched traffic while a match hold holds: UDP round trips on lo
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def echo() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                data, peer = server.recvfrom(64)
+            except socket.timeout:
+                continue
+            server.sendto(data, peer)
+
+    th = threading.Thread(target=echo, daemon=True)
+    th.start()
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(5)
+    addr = server.getsockname()
+    hold = PlugQdisc("lo", match=Match(proto="udp", dport=addr[1] + 1 if addr[1] < 65535
+                                       else 1)).attach()
+    lat: dict = {"none": [], "match_hold": []}
+    n = max(10, a.latency_samples)
+    for r in range(a.rounds):
+        for which in ("none", "match_hold") if r % 2 == 0 else ("match_hold", "none"):
+            if which == "match_hold":
+                hold.attach()
+                hold.buffer()
+            for _ in range(n):
+                lat[which].append(_udp_rtt(client, addr) * 1e6)
+            if which == "match_hold":
+                hold.detach()
+    stop.set()
+    th.join()
+    hold.close()
+    client.close()
+    server.close()
+    res["unmatched_rtt_us"] = lat
+    return res
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--json-out", required=True)
@@ -419,7 +530,7 @@ def main() -> int:
     # Links last: tearing down namespaces of 1000 devices is slow kernel work we keep
     # away from the other sections.
     for name, fn in (("ops", sec_ops), ("hold", sec_hold), ("latency", sec_latency),
-                     ("links", sec_links)):
+                     ("modes", sec_modes), ("links", sec_links)):
         t = time.perf_counter()
         try:
             with NetNamespace():

@@ -179,6 +179,24 @@ def analyse(raw: dict) -> dict:
                           "poll_floor_us": dict(summary(lat["poll_floor_us"]),
                                                 p99=percentile(lat["poll_floor_us"], 99)),
                           "method": lat["method"]}
+    modes = raw.get("modes")
+    if modes:
+        rows = {k: summary(xs) for k, xs in modes["samples_us"].items()}
+        base, plain = rows["plain_unguarded"]["median"], rows["plain"]["median"]
+        for k, row in rows.items():
+            row["ratio"] = row["median"] / base
+        ad = {k: summary(xs) for k, xs in modes["attach_detach_us"].items()}
+        rtt = {k: summary(xs) for k, xs in modes["unmatched_rtt_us"].items()}
+        out["modes"] = {"us_per_pair": rows, "attach_detach_us": ad, "unmatched_rtt_us": rtt,
+                        "pairs_per_round": modes["pairs_per_round"]}
+        targets.append(target("guardian on / guard=False (buffer+release)", plain / base,
+                              "<=", 1.05))
+        targets.append(target("match hold / plain (buffer+release)",
+                              rows["match"]["median"] / plain, "<=", 1.10))
+        targets.append(target("ingress hold / plain (buffer+release)",
+                              rows["ingress"]["median"] / plain, "<=", 1.10))
+        targets.append(target("unmatched UDP round trip during a match hold / no qdisc",
+                              rtt["match_hold"]["median"] / rtt["none"]["median"], "<=", 1.20))
     out["targets"] = targets
     return out
 
@@ -256,6 +274,25 @@ def table(res: dict) -> str:
               "poll() on an already readable socket: median %s, p99 %s."
               % (lat["method"], r["n"], fmt(r["median"]), fmt(r["p99"]), fmt(r["min"]),
                  fmt(r["max"]), fmt(p["median"]), fmt(p["p99"]))]
+    modes = res.get("modes")
+    if modes:
+        names = {"plain_unguarded": "plain, `guard=False`", "plain": "plain (guardian on)",
+                 "plain_max_hold": "plain, `max_hold=3600`", "match": "selective (`match=`)",
+                 "ingress": "ingress (`direction=\"ingress\"`)"}
+        L += ["", "**Kinds of hold**, buffer + release pair, µs (each on its own dummy device):",
+              "", "| hold | median | min – max | ratio to `guard=False` |", "|---|---:|---:|---:|"]
+        for k, label in names.items():
+            row = modes["us_per_pair"][k]
+            L.append("| %s | %s | %s – %s | %.2f |" % (label, fmt(row["median"]),
+                                                       fmt(row["min"]), fmt(row["max"]),
+                                                       row["ratio"]))
+        L += ["", "Attach + detach, µs (median, min – max): " + ", ".join(
+            "%s %s (%s – %s)" % (k, fmt(v["median"]), fmt(v["min"]), fmt(v["max"]))
+            for k, v in modes["attach_detach_us"].items()) + "."]
+        r = modes["unmatched_rtt_us"]
+        L += ["", "UDP round trip on lo of traffic a match hold does not select, µs (median): "
+              "no qdisc %s, during a match hold %s." % (fmt(r["none"]["median"]),
+                                                      fmt(r["match_hold"]["median"]))]
     L += ["", "**Targets** (ratios within this run):", "", "| target | value | bound | result |",
           "|---|---:|---:|---|"]
     for t in res["targets"]:

@@ -503,3 +503,14 @@ def test_an_ingress_hold_never_makes_the_kernel_drop_what_egress_holds() -> None
     assert u.got() == [b"held at egress", b"held again"]
     sh("tc", "qdisc", "del", "dev", "lo", "ingress")
     ingress.close(), egress.close(), u.close()
+
+
+def test_the_selective_reload_example_holds_only_new_connections() -> None:
+    """examples/selective_reload.py, as a person runs it (it checks itself; exit 0)."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, os.path.join(root, "examples", "selective_reload.py")],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert ", 0 refused, 0 broken" in p.stdout
