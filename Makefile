@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test bench docs system venv clean
+.PHONY: demo test valgrind bench docs system venv clean
 
 # The reload race, without and with plugged("lo"), under a kernel that has sch_plug.
 demo: venv
@@ -12,6 +12,10 @@ demo: venv
 # The full suite: host tests, and the kernel tests in one lab boot.
 test: venv
 	$(VENV)/bin/pytest
+
+# The C tests under valgrind, in the lab (part of `make test` too).
+valgrind: venv
+	$(VENV)/bin/pytest -q tests/test_errors_kernel.py -k valgrind
 
 bench: venv
 	$(PY) bench/run.py

@@ -3,7 +3,7 @@
 # is missing: with apt-get as root, otherwise say what to install and fail.
 set -eu
 PKGS="libnl-3-dev libnl-route-3-dev libnl-genl-3-dev libnl-cli-3-dev pkg-config gcc make
-      user-mode-linux kmod iproute2 util-linux strace"
+      user-mode-linux kmod iproute2 util-linux strace valgrind"
 PYTHON=${PYTHON:-python3}
 
 missing=""
