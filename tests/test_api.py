@@ -197,3 +197,51 @@ def test_bad_modes_are_refused_at_construction(kw, exc, words) -> None:  # type:
     with pytest.raises(exc):
         with plugqdisc.plugged("lo", **kw):
             pass
+
+
+# ---- inputs that used to escape (issue 9): clear errors in the user's terms, no hang ----
+
+@pytest.mark.parametrize("call, exc, words", [
+    (lambda q: q.wait_buffered(1, timeout=float("nan")), ValueError, "timeout must be a number of seconds, not NaN"),
+    (lambda q: q.wait_buffered(1, timeout=-1), ValueError, "timeout must be >= 0"),
+    (lambda q: q.wait_buffered(1, timeout="5"), TypeError, "timeout must be a number"),
+    (lambda q: q.wait_buffered(-1), ValueError, "packets must be >= 0"),
+    (lambda q: q.detach(timeout=float("nan")), ValueError, "not NaN"),
+    (lambda q: q.detach(timeout=True), TypeError, "timeout must be a number"),
+    (lambda q: q.set_limit(2**64), ValueError, "nbytes must be from 0 to 2**32-1"),
+])
+def test_bad_call_arguments_are_refused_before_anything_is_sent(call, exc, words) -> None:  # type: ignore[no-untyped-def]
+    q = PlugQdisc("lo")
+    with pytest.raises(exc) as e:
+        call(q)
+    assert words in str(e.value) and "timeout_ms" not in str(e.value)
+    assert not q.connected  # nothing was sent: not even the device was looked up
+
+
+@pytest.mark.parametrize("kw, exc, words", [
+    ({"netns": 2**31}, ValueError, "netns file descriptor"),
+    ({"netns": 2**64}, ValueError, "netns file descriptor"),
+    ({"max_hold": float("nan")}, ValueError, "max_hold must be a number of seconds > 0"),
+    ({"max_hold": 0}, ValueError, "max_hold must be a number of seconds > 0"),
+    ({"max_hold": "1"}, TypeError, "max_hold must be a number"),
+    ({"max_hold": 5, "guard": False}, ValueError, "max_hold needs the guardian"),
+    ({"guard": 1}, TypeError, "guard must be True or False"),
+])
+def test_bad_guard_and_netns_arguments(kw, exc, words) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(exc) as e:
+        PlugQdisc("lo", **kw)
+    assert words in str(e.value)
+
+
+def test_huge_max_hold_means_no_limit() -> None:
+    for value in (float("inf"), 2**1100, 1e12):
+        assert PlugQdisc("lo", max_hold=value).max_hold == value  # accepted: no limit
+
+
+def test_module_level_attach_takes_limit_none_like_the_class() -> None:
+    with pytest.raises(TypeError):
+        plugqdisc.attach("lo", limit="x")  # type: ignore[arg-type]
+    try:
+        plugqdisc.attach("lo", limit=None)  # on this host's kernel: no sch_plug, or no root
+    except plugqdisc.PlugQdiscError:
+        pass  # the kernel's answer, after the arguments were accepted
