@@ -35,7 +35,8 @@ setup(
     ext_modules=[
         Extension(
             "plugqdisc._plugqdisc",
-            sources=["csrc/module.c", "csrc/plug_qdisc.c", "csrc/tree.c", "csrc/guard.c"],
+            sources=["csrc/module.c", "csrc/plug_qdisc.c", "csrc/tree.c", "csrc/guard.c",
+                     "csrc/dump.c"],
             depends=["csrc/plug_qdisc.h", "csrc/pq_internal.h"],
             include_dirs=["csrc"] + list(flags["include_dirs"]),
             library_dirs=list(flags["library_dirs"]),

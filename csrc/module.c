@@ -667,6 +667,62 @@ guardian_pid(PyObject *module, PyObject *unused)
     return PyLong_FromLong(pq_guardian_pid());
 }
 
+/* Py_BuildValue "O&" converter: a device name (bytes from the kernel) as a str. */
+static PyObject *
+fs_string(void *name)
+{
+    return PyUnicode_DecodeFSDefault(name);
+}
+
+PyDoc_STRVAR(list_qdiscs_doc, "list_qdiscs(netns_fd, /)\n--\n\n"
+"Every qdisc and link of the network namespace netns_fd (-1: the calling thread's), from\n"
+"two netlink dumps (pq_dump): ([(ifindex, kind, handle, parent, packets, bytes, qlen,\n"
+"backlog, drops), ...], [(ifindex, name, kind), ...]).");
+static PyObject *
+list_qdiscs(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    int netns_fd, rc;
+    if (!to_int(arg, &netns_fd))
+        return NULL;
+    struct pq_dump d;
+    struct errinfo ei;
+    memset(&ei, 0, sizeof ei);
+    Py_BEGIN_ALLOW_THREADS
+    rc = pq_dump(netns_fd, &d, &ei.e);
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+        return raise_error(&ei);
+    PyObject *qdiscs = PyList_New(d.nqdiscs), *links = PyList_New(d.nlinks), *out = NULL;
+    if (qdiscs == NULL || links == NULL)
+        goto done;
+    for (int i = 0; i < d.nqdiscs; i++) {
+        const struct pq_qdisc_row *r = &d.qdiscs[i];
+        PyObject *t = Py_BuildValue("(isIIKKKKK)", r->ifindex, r->kind, r->handle, r->parent,
+                                    (unsigned long long)r->st.packets,
+                                    (unsigned long long)r->st.bytes,
+                                    (unsigned long long)r->st.qlen,
+                                    (unsigned long long)r->st.backlog,
+                                    (unsigned long long)r->st.drops);
+        if (t == NULL)
+            goto done;
+        PyList_SET_ITEM(qdiscs, i, t);
+    }
+    for (int i = 0; i < d.nlinks; i++) {
+        const struct pq_link_row *r = &d.links[i];
+        PyObject *t = Py_BuildValue("(iO&s)", r->ifindex, fs_string, r->name, r->kind);
+        if (t == NULL)
+            goto done;
+        PyList_SET_ITEM(links, i, t);
+    }
+    out = PyTuple_Pack(2, qdiscs, links);
+done:
+    Py_XDECREF(qdiscs);
+    Py_XDECREF(links);
+    pq_dump_free(&d);
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
     {"guardian_pid", guardian_pid, METH_NOARGS, guardian_pid_doc},
     {"parse_handle", parse_handle, METH_O, parse_handle_doc},
@@ -675,6 +731,7 @@ static PyMethodDef module_methods[] = {
      plug_qdisc_plug_buffer_doc},
     {"plug_qdisc_release_indefinite_buffer", py_plug_qdisc_release_indefinite_buffer,
      METH_NOARGS, plug_qdisc_release_indefinite_buffer_doc},
+    {"list_qdiscs", list_qdiscs, METH_O, list_qdiscs_doc},
     {NULL, NULL, 0, NULL},
 };
 

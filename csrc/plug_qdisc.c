@@ -86,6 +86,7 @@ static const char *const step_names[PQ_STEP_COUNT] = {
     [PQ_STEP_FILTER] = "add_filter",
     [PQ_STEP_UNDO] = "undo",
     [PQ_STEP_GUARD] = "guard",
+    [PQ_STEP_DUMP] = "dump",
 };
 
 const char *pq_step_name(enum pq_step step)
@@ -96,7 +97,7 @@ const char *pq_step_name(enum pq_step step)
 }
 
 /* Map a libnl NLE_* code (either sign) to a negative errno. Returns the -errno. */
-static int nle_to_errno(int nle)
+int pq__nle_errno(int nle)
 {
     if (nle < 0)
         nle = -nle;
@@ -130,7 +131,7 @@ int pq__nl_result(struct plug_qdisc *q, int nlerr)
         return -q->kerr;
     if (nlerr >= 0)
         return 0;
-    return nle_to_errno(nlerr);
+    return pq__nle_errno(nlerr);
 }
 
 /* Record that the call failed with ERR (negative) at STEP; the kernel's text, if any, is
@@ -241,7 +242,7 @@ static int connect_here(struct plug_qdisc *q, struct nl_sock **out)
     err = nl_connect(sk, NETLINK_ROUTE);
     if (err < 0) {
         nl_socket_free(sk);
-        return nle_to_errno(err);
+        return pq__nle_errno(err);
     }
     fd = nl_socket_get_fd(sk);
     /* Old kernels lack these options; errors then just carry no text. */
@@ -252,7 +253,7 @@ static int connect_here(struct plug_qdisc *q, struct nl_sock **out)
         err = nl_socket_set_msg_buf_size(sk, PQ_RECV_BUF);
     if (err < 0) {
         nl_socket_free(sk);
-        return nle_to_errno(err);
+        return pq__nle_errno(err);
     }
     nl_socket_disable_msg_peek(sk);
     *out = sk;
@@ -268,36 +269,60 @@ static int same_file(int a, int b)
            sa.st_ino == sb.st_ino;
 }
 
-/* Run MAKE(Q, ARG) with the calling thread in the handle's namespace (sockets keep the
+/* Run MAKE(ARG) with the calling thread in the namespace NETNS_FD (sockets keep the
  * namespace they were made in); the thread is switched back before returning, also on
- * error. MAKE's result, or -errno of the namespace switch with the step recorded. */
-static int in_our_netns(struct plug_qdisc *q, int (*make)(struct plug_qdisc *, void *),
-                        void *arg)
+ * error. MAKE's result, or -errno of the namespace switch (then also in *SWITCH_ERR). */
+int pq__in_netns(int netns_fd, int (*make)(void *), void *arg, int *switch_err)
 {
     int saved, err;
 
+    *switch_err = 0;
     saved = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
     if (saved < 0)
-        return pq__fail(q, PQ_STEP_NETNS, -errno);
-    if (same_file(saved, q->netns_fd)) {
+        return *switch_err = -errno;
+    if (same_file(saved, netns_fd)) {
         /* Already there: no setns, which would need CAP_SYS_ADMIN. */
-        err = make(q, arg);
+        err = make(arg);
         close(saved);
         return err;
     }
-    if (setns(q->netns_fd, CLONE_NEWNET) < 0) {
+    if (setns(netns_fd, CLONE_NEWNET) < 0) {
         err = -errno;
         close(saved);
-        return pq__fail(q, PQ_STEP_NETNS, err);
+        return *switch_err = err;
     }
-    err = make(q, arg);
+    err = make(arg);
     if (setns(saved, CLONE_NEWNET) < 0) {
         /* Should not happen (we came from there). If it does, the thread is left in the
-         * other namespace, and the step says so. */
-        err = pq__fail(q, PQ_STEP_NETNS, -errno);
+         * other namespace, and the caller hears of it. */
+        err = *switch_err = -errno;
     }
     close(saved);
     return err;
+}
+
+struct maker {
+    struct plug_qdisc *q;
+    int (*make)(struct plug_qdisc *, void *);
+    void *arg;
+};
+
+static int call_maker(void *m)
+{
+    struct maker *mk = m;
+
+    return mk->make(mk->q, mk->arg);
+}
+
+/* Run MAKE(Q, ARG) in the handle's namespace (pq__in_netns). MAKE's result, or -errno of
+ * the namespace switch with the step recorded. */
+static int in_our_netns(struct plug_qdisc *q, int (*make)(struct plug_qdisc *, void *),
+                        void *arg)
+{
+    struct maker mk = { q, make, arg };
+    int switch_err, err = pq__in_netns(q->netns_fd, call_maker, &mk, &switch_err);
+
+    return switch_err ? pq__fail(q, PQ_STEP_NETNS, switch_err) : err;
 }
 
 /* in_our_netns maker: the handle's libnl socket, into *(struct nl_sock **)ARG. */

@@ -73,6 +73,7 @@ enum pq_step {
     PQ_STEP_FILTER,     /* adding a filter; found_kind names its classifier or action */
     PQ_STEP_UNDO,       /* removing what attach added (filters, prio, ingress, ifb) */
     PQ_STEP_GUARD,      /* handing the hold to the guardian (starting it) */
+    PQ_STEP_DUMP,       /* listing the namespace's qdiscs and links (pq_dump) */
     PQ_STEP_COUNT
 };
 
@@ -182,6 +183,40 @@ const struct pq_error *pq_last_error(const struct plug_qdisc *q);
 /* A counter that moves in the child after every fork() (no syscall to read it): state
  * made for one process, such as a socket or a lock, is stale once it has moved. */
 unsigned long pq_fork_generation(void);
+
+/* ---- what a namespace has (dump.c) ---- */
+
+/* One qdisc as the kernel dumps it: its device, kind ("plug", "prio", "ingress", ...),
+ * handle, parent and counters. */
+struct pq_qdisc_row {
+    int ifindex;
+    char kind[16];
+    uint32_t handle;
+    uint32_t parent;
+    struct pq_stats st;
+};
+
+/* One network device: its index, name and kind ("ifb", "veth", ...; "" if it has none). */
+struct pq_link_row {
+    int ifindex;
+    char name[16];
+    char kind[16];
+};
+
+struct pq_dump {
+    struct pq_qdisc_row *qdiscs;
+    int nqdiscs;
+    struct pq_link_row *links;
+    int nlinks;
+};
+
+/* Dump every qdisc and every link of the network namespace NETNS_FD (-1: the calling
+ * thread's) into OUT, which the caller frees with pq_dump_free. Needs no privilege but
+ * CAP_SYS_ADMIN to enter another namespace. 0 or -errno, with the facts in E (step
+ * enter_netns, open_socket or dump). */
+int pq_dump(int netns_fd, struct pq_dump *out, struct pq_error *e);
+/* Free what pq_dump filled in (and zero it); a zeroed OUT is fine. */
+void pq_dump_free(struct pq_dump *out);
 
 /* The HAProxy-compatible attach with the place already parsed (what plug_qdisc_attach
  * calls after pq_parse_handle). 0 or -errno. */

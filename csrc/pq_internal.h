@@ -2,7 +2,8 @@
  * pq_internal.h - what the files of the C core share; not installed, not for callers.
  *
  * plug_qdisc.c owns the handle, the socket and the plug; tree.c builds and removes what a
- * selective or ingress hold needs around the plug (prio, filters, ingress qdisc, ifb).
+ * selective or ingress hold needs around the plug (prio, filters, ingress qdisc, ifb);
+ * guard.c the guardian; dump.c lists a namespace's qdiscs and links.
  */
 #ifndef PQ_INTERNAL_H
 #define PQ_INTERNAL_H
@@ -49,6 +50,11 @@ struct plug_qdisc {
     uint32_t bseq;             /* buffer() count, for max_hold */
 };
 
+/* The negative errno for a libnl NLE_* code (either sign). */
+int pq__nle_errno(int nle);
+/* Run MAKE(ARG) with the calling thread in the namespace NETNS_FD, switched back before
+ * returning. MAKE's result, or -errno of the switch (then also in *SWITCH_ERR). */
+int pq__in_netns(int netns_fd, int (*make)(void *), void *arg, int *switch_err);
 /* Record a failure at STEP (ERR negative); returns ERR. */
 int pq__fail(struct plug_qdisc *q, enum pq_step step, int err);
 /* Forget the previous request's kernel error before a new request. */

@@ -39,7 +39,7 @@ try:
 except ImportError as e:  # say what to do (a source tree hiding the installed package)
     from ._extension import import_failed
     raise import_failed(e) from e
-from . import _guard
+from . import _guard, _registry
 from ._match import Match, terms_of
 from ._errors import (DeviceNotFoundError, KernelSupportError, ParentNotFoundError,
                       PlugQdiscError, PlugQdiscPermissionError, not_attached_default,
@@ -213,6 +213,7 @@ class PlugQdisc(_plugqdisc.Qdisc):
         self._match = match
         self._direction = direction
         self._max_hold = max_hold
+        self._record: Optional[str] = None  # the registry's record of what we created
         super().__init__(device, parent_id, handle_id, nbytes)
         if terms or ingress:
             self._set_hold(ingress, terms)
@@ -270,6 +271,7 @@ class PlugQdisc(_plugqdisc.Qdisc):
             if own:
                 os.close(fd)
         _guard.track(self)
+        self._record = _registry.record(self)
         return self
 
     def buffer(self) -> None:
@@ -345,6 +347,7 @@ class PlugQdisc(_plugqdisc.Qdisc):
             self._detach(ms)
         except OSError as e:
             raise self._failed(e, "detach") from None
+        _registry.forget(self._record)
 
     def close(self) -> None:
         """Free the socket (the qdisc stays as it is). Idempotent."""

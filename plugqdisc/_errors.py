@@ -76,6 +76,7 @@ _STEP_WORDS: Dict[str, str] = {
     "make_ingress": "creating the ingress qdisc",
     "add_filter": "adding the {found} filter that selects what to hold",
     "undo": "removing what the hold added",
+    "dump": "listing the qdiscs and links",
 }
 
 # A kind of qdisc, classifier or device that a hold needs, and the module that brings it.

@@ -252,7 +252,7 @@ def run_c_test(name: str, under: Sequence[str] = ()) -> str:
         sh(cc, "-std=gnu11", "-Wall", "-Werror", "-I", os.path.join(ROOT, "csrc"),
            os.path.join(ROOT, "tests", "c", name + ".c"),
            os.path.join(ROOT, "csrc", "plug_qdisc.c"), os.path.join(ROOT, "csrc", "tree.c"),
-           os.path.join(ROOT, "csrc", "guard.c"),
+           os.path.join(ROOT, "csrc", "guard.c"), os.path.join(ROOT, "csrc", "dump.c"),
            "-o", exe, *flags)
         p = subprocess.run([*under, exe], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr

@@ -1,0 +1,246 @@
+"""What the command line's status, release and cleanup see and do.
+
+One dump of the namespace's qdiscs and links (``_plugqdisc.list_qdiscs``) tells
+every plug qdisc apart: *plain* (anywhere on a device), *match* (the plug in
+band 2 of the match tree, prio ``fffe:`` at the root) or *ingress* (the plug at
+the root of ``pqifbN``, the ifb of the device with ifindex N). Releasing and
+removing go through :class:`~plugqdisc.PlugQdisc` itself: a plug found here is
+adopted (``guard=False``, so no guardian takes it over) and released; a dead
+holder's hold is released, drained and removed by the same code paths as a
+detach. Nothing here prints: the command line owns the words.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+from . import Match, Netns, PlugQdisc, _netns_path, _plugqdisc, _registry
+from ._errors import handle_text
+from ._registry import IFB_PREFIX, ROOT, TREE_HANDLE, TREE_PLUG_CLASS, Record
+
+#: How long a released hold may take to drain before cleanup gives up on it.
+DRAIN_TIMEOUT = 5.0
+
+
+class Qdisc(NamedTuple):
+    ifindex: int
+    kind: str
+    handle: int
+    parent: int
+    packets: int
+    bytes: int
+    qlen: int
+    backlog: int
+    drops: int
+
+
+class Plug(NamedTuple):
+    """A plug qdisc, as status shows it."""
+
+    device: str  #: the device whose packets it holds
+    mode: str  #: "plain", "match" or "ingress"
+    on: str  #: the device the plug qdisc is on (pqifbN for an ingress hold)
+    parent: str  #: its parent there, as tc writes it ("root", "fffe:2")
+    handle: str
+    qlen: int
+    backlog: int
+    drops: int
+    packets: int
+    bytes: int
+    holder: Optional[int]  #: pid of the living process that made it (registry), or None
+    recorded: bool  #: whether the registry knows who made it
+
+
+def open_netns(netns: Netns) -> Tuple[int, bool]:
+    """(fd for list_qdiscs, -1 for this thread's namespace; whether we opened it)."""
+    if netns is None:
+        return -1, False
+    if isinstance(netns, int):
+        return netns, False
+    path = _netns_path(netns)
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC), True
+    except FileNotFoundError as e:
+        raise FileNotFoundError(e.errno, "no network namespace at %s: `ip netns list` names "
+                                "them; or give a path such as /proc/PID/ns/net" % path,
+                                path) from None
+
+
+class Inventory:
+    """The qdiscs and links of one namespace, as one dump found them."""
+
+    def __init__(self, netns: Netns = None) -> None:
+        self.netns = netns
+        fd, own = open_netns(netns)
+        try:
+            qdiscs, links = _plugqdisc.list_qdiscs(fd)
+        finally:
+            if own:
+                os.close(fd)
+        self.qdiscs = [Qdisc(*q) for q in qdiscs]
+        self.names: Dict[int, str] = {i: name for i, name, _ in links}
+        self.index: Dict[str, int] = {name: i for i, name, _ in links}
+        self.kinds: Dict[int, str] = {i: kind for i, _, kind in links}
+        self.netns_id = _registry.netns_id(netns)
+        self.records = _registry.records(self.netns_id)
+
+    def find(self, ifindex: int, kind: str, *, parent: Optional[int] = None,
+             handle: Optional[int] = None) -> Optional[Qdisc]:
+        for q in self.qdiscs:
+            if (q.ifindex == ifindex and q.kind == kind and parent in (None, q.parent)
+                    and handle in (None, q.handle)):
+                return q
+        return None
+
+    def root_of(self, ifindex: int) -> Optional[Qdisc]:
+        """The qdisc at the root of device IFINDEX (its egress)."""
+        for q in self.qdiscs:
+            if q.ifindex == ifindex and q.parent == ROOT:
+                return q
+        return None
+
+    def ifb_of(self, ifindex: int) -> Optional[int]:
+        """The ifindex of the ingress hold's ifb for device IFINDEX, if there is one."""
+        i = self.index.get("%s%d" % (IFB_PREFIX, ifindex))
+        return i if i is not None and self.kinds.get(i) == "ifb" else None
+
+    def held_device(self, q: Qdisc) -> Tuple[int, str]:
+        """(ifindex of the device whose packets plug Q holds, its mode)."""
+        name = self.names.get(q.ifindex, "")
+        if (name.startswith(IFB_PREFIX) and name[len(IFB_PREFIX):].isdigit()
+                and self.kinds.get(q.ifindex) == "ifb" and q.parent == ROOT):
+            return int(name[len(IFB_PREFIX):]), "ingress"
+        if q.parent == TREE_PLUG_CLASS and self.find(q.ifindex, "prio", parent=ROOT,
+                                                     handle=TREE_HANDLE):
+            return q.ifindex, "match"
+        return q.ifindex, "plain"
+
+    def record_of(self, ifindex: int, mode: str, parent: int, handle: int
+                  ) -> Optional[Record]:
+        for r in self.records:
+            if (r.ifindex, r.mode, r.handle) == (ifindex, mode, handle) and (
+                    mode != "plain" or r.parent == parent):
+                return r
+        return None
+
+    def plugs(self, device: Optional[str] = None) -> List[Plug]:
+        """Every plug qdisc (those holding DEVICE's packets, if given)."""
+        out = []
+        for q in self.qdiscs:
+            if q.kind != "plug":
+                continue
+            ifindex, mode = self.held_device(q)
+            held = self.names.get(ifindex, "if%d" % ifindex)
+            if device is not None and held != device:
+                continue
+            rec = self.record_of(ifindex, mode, q.parent, q.handle)
+            out.append(Plug(held, mode, self.names.get(q.ifindex, ""), handle_text(q.parent),
+                            handle_text(q.handle), q.qlen, q.backlog, q.drops, q.packets,
+                            q.bytes, rec.pid if rec and rec.alive else None, rec is not None))
+        return out
+
+    def unrecorded(self, device: Optional[str] = None) -> List[str]:
+        """Match trees and ingress ifbs that look like plugqdisc's but have no record (so
+        nobody can tell whether their holder lives): cleanup leaves them."""
+        out = []
+        for q in self.qdiscs:
+            name = self.names.get(q.ifindex, "")
+            if device not in (None, name):
+                continue
+            if (q.kind == "prio" and q.handle == TREE_HANDLE and q.parent == ROOT
+                    and not any(r.ifindex == q.ifindex and r.mode == "match"
+                                for r in self.records)):
+                out.append("the match tree (prio fffe:) on %s" % name)
+        for i, name in self.names.items():
+            if not (name.startswith(IFB_PREFIX) and self.kinds.get(i) == "ifb"):
+                continue
+            held = name[len(IFB_PREFIX):]
+            if not held.isdigit() or device not in (None, self.names.get(int(held))):
+                continue
+            if not any(r.ifindex == int(held) and r.mode == "ingress" for r in self.records):
+                out.append("the ingress ifb %s" % name)
+        return out
+
+
+def _adopt(on: str, parent: str, handle: str, netns: Netns) -> PlugQdisc:
+    """The plug qdisc already at PARENT of ON with HANDLE, adopted (nothing changed)."""
+    return PlugQdisc(on, parent=parent, handle=handle, netns=netns, guard=False).attach()
+
+
+def release(plug: Plug, netns: Netns) -> None:
+    """Release what PLUG holds (it stays, passing)."""
+    q = _adopt(plug.on, plug.parent, plug.handle, netns)
+    try:
+        q.release()
+    finally:
+        q.close()
+
+
+def _release_and_drain(on: str, parent: int, handle: int, netns: Netns) -> None:
+    """Release the plug at PARENT of ON with HANDLE and wait for it to drain."""
+    q = _adopt(on, handle_text(parent), handle_text(handle), netns)
+    try:
+        q.release()
+        deadline = time.monotonic() + DRAIN_TIMEOUT
+        while q.stats().qlen and time.monotonic() < deadline:
+            time.sleep(0.002)
+    finally:
+        q.close()
+
+
+class EgressBusy(Exception):
+    """An ingress hold cannot be removed now: the device's egress holds packets, which
+    removing its ingress qdisc would make the kernel drop."""
+
+    def __init__(self, device: str, held: int) -> None:
+        super().__init__(device, held)
+        self.device, self.held = device, held
+
+
+def remove(rec: Record, inv: Inventory) -> bool:
+    """Release, drain and remove the hold that REC names (its holder is dead). False if
+    nothing of it is left to remove."""
+    device = inv.names.get(rec.ifindex)
+    if device is None:
+        return False
+    netns = inv.netns
+    if rec.mode == "plain":
+        if not inv.find(rec.ifindex, "plug", parent=rec.parent, handle=rec.handle):
+            return False
+        q = _adopt(device, handle_text(rec.parent), handle_text(rec.handle), netns)
+        try:
+            q.detach(timeout=DRAIN_TIMEOUT)  # release, drain, delete
+        finally:
+            q.close()
+        return True
+    if rec.mode == "match":
+        if not inv.find(rec.ifindex, "prio", parent=ROOT, handle=TREE_HANDLE):
+            return False
+        if inv.find(rec.ifindex, "plug", parent=TREE_PLUG_CLASS, handle=rec.handle):
+            _release_and_drain(device, TREE_PLUG_CLASS, rec.handle, netns)
+        rebuilt = PlugQdisc(device, handle=handle_text(rec.handle), netns=netns, guard=False,
+                            match=Match(mark=0xFFFFFFFF))
+    else:
+        ifb = inv.ifb_of(rec.ifindex)
+        if ifb is None:
+            return False
+        if inv.find(ifb, "plug", parent=ROOT, handle=rec.handle):
+            _release_and_drain(inv.names[ifb], ROOT, rec.handle, netns)
+        # Replacing the ingress qdisc makes the kernel purge the device's egress queues.
+        egress = inv.root_of(rec.ifindex)
+        if egress is not None and egress.qlen:
+            raise EgressBusy(device, egress.qlen)
+        rebuilt = PlugQdisc(device, handle=handle_text(rec.handle), netns=netns, guard=False,
+                            direction="ingress")
+    # The C core takes a tree apart only as its own detach does (filters first, drain,
+    # then the rest, the ingress qdisc last and only if that purges nothing): so build the
+    # hold afresh over what is left (replace=True removes it; the new plug passes
+    # traffic at once), and detach that.
+    rebuilt.attach(replace=True)
+    try:
+        rebuilt.detach(timeout=DRAIN_TIMEOUT)
+    finally:
+        rebuilt.close()
+    return True

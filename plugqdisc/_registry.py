@@ -1,0 +1,192 @@
+"""The registry: which holds plugqdisc made, and which process made them.
+
+Nothing in the kernel says who made a qdisc. So when a :class:`PlugQdisc` attach
+*creates* its plug (or its match tree, or its ingress ifb), it writes one small
+record under :data:`RUN_DIR`, named by the place (network namespace cookie,
+device, mode, parent, handle) and holding the creator's pid and start time; a
+successful detach removes it. ``plugqdisc cleanup`` removes only what a record
+names and whose creator is no longer alive (the pid is gone, or belongs to a
+process started later). A plug qdisc without a record (made by ``tc``, or by a
+holder that could not write here) is never removed by cleanup.
+
+Best effort: where the folder cannot be written (not root, a read-only
+``/run``), attach goes on without a record. Importing this module touches
+nothing; the first attach that records reads this process's start time once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+from typing import Any, List, NamedTuple, Optional, Tuple
+
+from . import _plugqdisc
+
+#: Where the records live (a tmpfs: they vanish with the boot, as the qdiscs do).
+RUN_DIR = "/run/plugqdisc"
+#: The match tree's prio qdisc, and the class of its band that has the plug.
+TREE_HANDLE = 0xFFFE0000
+TREE_PLUG_CLASS = 0xFFFE0002
+ROOT = 0xFFFFFFFF
+#: getsockopt(SOL_SOCKET, SO_NETNS_COOKIE) (Linux 5.14): the namespace's 64-bit cookie.
+SO_NETNS_COOKIE = 71
+_THREAD_NS = "/proc/thread-self/ns/net"
+#: An ingress hold's ifb is this prefix and the held device's ifindex.
+IFB_PREFIX = "pqifb"
+
+
+class Record(NamedTuple):
+    """One hold that plugqdisc made: where, and who made it."""
+
+    path: str
+    netns: str  #: its network namespace (netns_id)
+    ifindex: int  #: the held device
+    device: str
+    mode: str  #: "plain", "match" or "ingress"
+    parent: int  #: where the plug hangs on the device it is on (plain: as given)
+    handle: int
+    pid: int
+    start: int  #: the creator's start time, in clock ticks after boot
+
+    @property
+    def alive(self) -> bool:
+        """Whether the process that made it still runs."""
+        return start_time(self.pid) == self.start
+
+
+_me: Optional[Tuple[int, int]] = None  # (pid, start time) of this process, once read
+_unwritable = False  # RUN_DIR could not be written: do not try on every attach
+
+
+def _forget_me() -> None:
+    global _me
+    _me = None
+
+
+os.register_at_fork(after_in_child=_forget_me)
+
+
+def start_time(pid: int) -> int:
+    """When process PID started (clock ticks after boot; field 22 of /proc/PID/stat),
+    or -1 if there is no such process."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            stat = f.read()
+    except OSError:
+        return -1
+    # The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+    return int(stat[stat.rindex(b")") + 2:].split()[19])
+
+
+def place_name(netns: str, ifindex: int, mode: str, parent: int, handle: int) -> str:
+    return "ns%s-if%d-%s-%08x-%08x" % (netns, ifindex, mode, parent, handle)
+
+
+def mode_of(q: Any) -> Tuple[str, int]:
+    """(mode, the plug's parent on the device it is on) of the PlugQdisc Q."""
+    if q.direction == "ingress":
+        return "ingress", ROOT
+    if q.match is not None:
+        return "match", TREE_PLUG_CLASS
+    return "plain", int(_plugqdisc.parse_handle(q.parent) or 0)
+
+
+def _cookie_here() -> str:
+    """This thread's namespace: its cookie (unique for the boot, never reused), or, on a
+    kernel before 5.14, its inode (reused once the namespace is gone)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            return "c%d" % struct.unpack("Q", s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE,
+                                                           8))[0]
+        except OSError:
+            return "i%d" % os.stat(_THREAD_NS).st_ino
+
+
+def netns_id(netns: Any) -> str:
+    """The identity of the namespace NETNS (as PlugQdisc takes it; None: this thread's).
+    Raises OSError when it cannot be entered."""
+    if netns is None:
+        return _cookie_here()
+    from . import _netns_path
+    from .netns import CLONE_NEWNET, setns
+    fd = netns if isinstance(netns, int) else os.open(_netns_path(netns),
+                                                      os.O_RDONLY | os.O_CLOEXEC)
+    saved = os.open(_THREAD_NS, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if os.fstat(saved).st_ino == os.fstat(fd).st_ino:
+            return _cookie_here()  # already there: no setns (it needs CAP_SYS_ADMIN)
+        setns(fd, CLONE_NEWNET)
+        try:
+            return _cookie_here()
+        finally:
+            setns(saved, CLONE_NEWNET)
+    finally:
+        os.close(saved)
+        if fd is not netns:
+            os.close(fd)
+
+
+def record(q: Any) -> Optional[str]:
+    """After Q's attach: write its record if it created what it holds with. The record's
+    path, or None (adopted, or nowhere to write)."""
+    global _me, _unwritable
+    if not q.created or _unwritable:
+        return None
+    try:
+        if _me is None:
+            pid = os.getpid()
+            _me = (pid, start_time(pid))
+        mode, parent = mode_of(q)
+        handle = int(_plugqdisc.parse_handle(q.handle) or 0)
+        ns = netns_id(q.netns)
+        path = os.path.join(RUN_DIR, place_name(ns, q.ifindex, mode, parent, handle))
+        body = json.dumps({"netns": ns, "ifindex": q.ifindex, "device": q.device,
+                           "mode": mode, "parent": parent, "handle": handle,
+                           "pid": _me[0], "start": _me[1]})
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, body.encode())
+        finally:
+            os.close(fd)
+        return path
+    except OSError:
+        _unwritable = True  # best effort: holding matters more than the record
+        return None
+
+
+def forget(path: Optional[str]) -> None:
+    """Remove a record (after a successful detach, or a cleanup); None does nothing."""
+    if path is None:
+        return
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def records(netns: str) -> List[Record]:
+    """The records of the namespace NETNS (a netns_id; unreadable ones are skipped)."""
+    try:
+        names = os.listdir(RUN_DIR)
+    except OSError:
+        return []
+    out = []
+    for name in sorted(names):
+        if not name.startswith("ns%s-" % netns):
+            continue
+        path = os.path.join(RUN_DIR, name)
+        try:
+            with open(path) as f:
+                d = json.load(f)
+            out.append(Record(path, str(d["netns"]), int(d["ifindex"]), str(d["device"]),
+                              str(d["mode"]), int(d["parent"]), int(d["handle"]),
+                              int(d["pid"]), int(d["start"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # being written, or not ours to read
+    return out

@@ -1,0 +1,380 @@
+"""The command line: ``plugqdisc hold | release | status | cleanup | lab``.
+
+Nothing here the API cannot do: ``hold`` is :func:`plugqdisc.plugged` around a
+command or a wait; ``status``, ``release`` and ``cleanup`` read one dump of the
+namespace's qdiscs (``plugqdisc._inventory``) and act through
+:class:`plugqdisc.PlugQdisc`; ``lab`` is ``python -m plugqdisc.lab``.
+Kernel and system errors: one line on stderr naming the problem and the fix,
+exit status 1. Usage errors: exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from . import Match, PlugQdisc, PlugQdiscError, lab, plugged, _inventory, _registry
+from ._errors import translate
+
+PROG = "plugqdisc"
+#: Exit statuses, as a shell has them.
+ERROR, USAGE, NOT_EXECUTABLE, NOT_FOUND = 1, 2, 126, 127
+
+HOLD_EPILOG = """\
+examples:
+  plugqdisc hold lo --dport 80 --syn -- systemctl reload haproxy
+      hold new connections to port 80 while haproxy reloads; exit with its status
+  plugqdisc hold eth0 --ingress --src 10.0.0.7
+      hold what 10.0.0.7 sends to eth0 until Enter, Ctrl-C or SIGTERM
+
+Without CMD the hold lasts until Enter, SIGINT or SIGTERM (an empty or closed
+standard input, as in `plugqdisc hold lo &`, waits for a signal). With CMD it
+lasts until CMD ends, however it ends: Ctrl-C reaches CMD, SIGTERM is passed on
+to it; the exit status is CMD's (128+N if signal N killed it). The guardian
+releases the hold if plugqdisc itself is killed."""
+
+RELEASE_EPILOG = """\
+example:
+  plugqdisc release lo
+      let go of everything held on lo: plain plug qdiscs, the plug of a selective
+      hold, and the ifb plug of an ingress hold; they stay, passing traffic"""
+
+STATUS_EPILOG = """\
+example:
+  plugqdisc status --json | jq '.[] | select(.qlen > 0)'
+
+mode: plain (a plug qdisc anywhere, tc's included), match (a selective hold's
+plug, in the prio fffe: at the root), ingress (an ingress hold's plug, on the
+ifb pqifbN). holder: the pid of the living process that made it, if known."""
+
+CLEANUP_EPILOG = """\
+example:
+  plugqdisc cleanup lo
+
+Releases, drains and removes each hold that plugqdisc made (it keeps a record
+of each in /run/plugqdisc) and whose process is gone: plain plug qdiscs, match
+trees, ingress ifbs with their ingress qdisc. A qdisc with no such record (a
+user's own, one made by tc) is never touched; `plugqdisc release` lets go of
+what those hold."""
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Wraps the description; keeps the epilog (the examples) as written."""
+
+    def add_text(self, text: Optional[str]) -> None:
+        if text and "\n" in text:
+            self._add_item(lambda t: t + "\n", [text])
+        else:
+            super().add_text(text)
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGHUP arrived."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    raise _Stop(signum)
+
+
+# ---- argument types -------------------------------------------------------------------
+
+def _port(text: str) -> Union[int, Tuple[int, int]]:
+    lo, sep, hi = text.partition("-")
+    try:
+        ports = (int(lo), int(hi)) if sep else (int(lo), int(lo))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "%r is not a port: write PORT or LOW-HIGH, for example 80 or 1000-2000" % text)
+    return ports if sep else ports[0]
+
+
+def _mark(text: str) -> Union[int, Tuple[int, int]]:
+    value, sep, mask = text.partition("/")
+    try:
+        return (int(value, 0), int(mask, 0)) if sep else int(value, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            "%r is not a mark: write VALUE or VALUE/MASK, for example 0x42 or 0x40/0xf0"
+            % text)
+
+
+def _number(kind: type, what: str, example: str) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            raise argparse.ArgumentTypeError("%r is not %s > 0 (for example %s)"
+                                             % (text, what, example))
+        return value
+    return parse
+
+
+def _parser() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser]]:
+    raw = _Formatter
+    p = argparse.ArgumentParser(
+        prog=PROG, description="Hold a network device's packets with the kernel's plug "
+        "qdisc (sch_plug), and let them go.", epilog="`%s COMMAND --help` for each "
+        "command, with an example." % PROG)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    netns = argparse.ArgumentParser(add_help=False)
+    netns.add_argument("--netns", metavar="NS", help="a network namespace: a name as `ip "
+                       "netns` knows it, or a path such as /proc/PID/ns/net")
+
+    h = sub.add_parser("hold", parents=[netns], formatter_class=raw, epilog=HOLD_EPILOG,
+                       usage="%(prog)s DEV [options] [-- CMD [ARGS...]]",
+                       help="hold DEV's packets while CMD runs, or until Enter",
+                       description="Hold the packets DEV sends (--ingress: receives), all "
+                       "of them or those the match options select (all must hold), and "
+                       "release them when CMD ends, or on Enter, SIGINT or SIGTERM.")
+    h.add_argument("dev", metavar="DEV", help="the network device, for example lo")
+    h.add_argument("--proto", metavar="P", help="tcp, udp, icmp or a protocol number")
+    h.add_argument("--src", metavar="A", help="source address or network (10.0.0.0/8, ::1)")
+    h.add_argument("--dst", metavar="A", help="destination address or network")
+    h.add_argument("--sport", metavar="P", type=_port, help="source port or range LOW-HIGH")
+    h.add_argument("--dport", metavar="P", type=_port, help="destination port or range")
+    h.add_argument("--syn", action="store_true",
+                   help="TCP connection attempts only (SYN set, ACK clear)")
+    h.add_argument("--mark", metavar="M", type=_mark,
+                   help="packets with this fwmark: VALUE or VALUE/MASK (0x42, 0x40/0xf0)")
+    h.add_argument("--ingress", action="store_true",
+                   help="hold what DEV receives rather than what it sends")
+    h.add_argument("--limit", metavar="BYTES", type=_number(int, "a number of bytes", "1000000"),
+                   help="drop what would make the backlog exceed BYTES (default: the "
+                   "device's own queue size)")
+    h.add_argument("--max-hold", metavar="S", type=_number(float, "a number of seconds", "2.5"),
+                   help="release after S seconds at the latest, whatever happens")
+
+    r = sub.add_parser("release", parents=[netns], formatter_class=raw, epilog=RELEASE_EPILOG,
+                       help="release every plug qdisc on DEV",
+                       description="Release everything the plug qdiscs on DEV hold (left "
+                       "holding by a process that died, or by tc).")
+    r.add_argument("dev", metavar="DEV")
+
+    s = sub.add_parser("status", parents=[netns], formatter_class=raw, epilog=STATUS_EPILOG,
+                       help="list the plug qdiscs and what they hold",
+                       description="Every plug qdisc (on DEV, if given): device, mode, "
+                       "parent, handle, packets and bytes held now (qlen, backlog), drops, "
+                       "packets and bytes passed.")
+    s.add_argument("dev", metavar="DEV", nargs="?")
+    s.add_argument("--json", action="store_true", help="a JSON list, for programs")
+
+    c = sub.add_parser("cleanup", parents=[netns], formatter_class=raw, epilog=CLEANUP_EPILOG,
+                       help="remove the holds plugqdisc made whose holder is gone",
+                       description="Release and remove what plugqdisc set up and no living "
+                       "holder owns (on DEV, if given).")
+    c.add_argument("dev", metavar="DEV", nargs="?")
+
+    sub.add_parser("lab", add_help=False, help="run CMD in the lab (User-Mode Linux with "
+                   "sch_plug): plugqdisc lab [--kernel PATH] [--mem SIZE] [--timeout S] -- "
+                   "CMD; see plugqdisc lab --help")
+    return p, {"hold": h, "release": r, "status": s, "cleanup": c}
+
+
+# ---- the commands ---------------------------------------------------------------------
+
+def _say(text: str) -> None:
+    print("%s: %s" % (PROG, text), file=sys.stderr, flush=True)
+
+
+def _match(args: argparse.Namespace) -> Optional[Match]:
+    fields = {k: getattr(args, k) for k in ("proto", "src", "dst", "sport", "dport", "mark")
+              if getattr(args, k) is not None}
+    if args.syn:
+        fields["syn"] = True
+    if fields.get("proto", "").isdigit():
+        fields["proto"] = int(fields["proto"])
+    return Match(**fields) if fields else None
+
+
+def _run(cmd: List[str]) -> int:
+    """Run CMD to its end; its exit status, as a shell gives it."""
+    try:
+        child = subprocess.Popen(cmd)
+    except FileNotFoundError:
+        _say("%s: command not found (give a path, or check PATH)" % cmd[0])
+        return NOT_FOUND
+    except PermissionError:
+        _say("%s: not executable (chmod +x it, or run it through its interpreter)" % cmd[0])
+        return NOT_EXECUTABLE
+    while True:
+        try:
+            rc = child.wait()
+            break
+        except KeyboardInterrupt:
+            pass  # Ctrl-C reached CMD too (same process group): hold until it ends
+        except _Stop as e:
+            child.send_signal(e.signum)
+    return 128 - rc if rc < 0 else rc
+
+
+def _wait(q: PlugQdisc) -> None:
+    """Until Enter (SIGINT and SIGTERM raise), or until max-hold released the hold."""
+    watch = [sys.stdin.fileno()] if sys.stdin is not None and not sys.stdin.closed else []
+    tick = 0.2 if q.max_hold is not None else None
+    while not q.expired:
+        if not watch:
+            time.sleep(tick or 3600)
+            continue
+        if select.select(watch, [], [], tick)[0]:
+            if os.read(watch[0], 4096):
+                return  # Enter
+            watch = []  # end of input: wait for a signal
+
+
+def _hold(p: argparse.ArgumentParser, args: argparse.Namespace, cmd: List[str]) -> int:
+    try:
+        match = _match(args)
+        q = PlugQdisc(args.dev, limit=args.limit, netns=args.netns, match=match,
+                      direction="ingress" if args.ingress else "egress",
+                      max_hold=args.max_hold)
+    except (ValueError, TypeError) as e:
+        p.error(str(e))
+    q.close()  # checked; plugged() makes the one that holds
+    what = "%s %s%s" % ("what", args.dev, " receives" if args.ingress else " sends")
+    if match is not None:
+        what += " matching %s" % repr(match)[len("Match("):-1]
+    code = 0
+    with plugged(args.dev, limit=args.limit, netns=args.netns, match=match,
+                 direction=q.direction, max_hold=args.max_hold) as q:
+        _say("holding %s %s" % (what, "while %s runs" % cmd[0] if cmd
+                                  else "until Enter, Ctrl-C or SIGTERM"))
+        try:
+            if cmd:
+                code = _run(cmd)
+            else:
+                _wait(q)
+        except (KeyboardInterrupt, _Stop):
+            pass  # the documented ways to end a hold without CMD
+        st = q.stats()
+        expired = q.expired
+    _say("released %s: %d packets (%d bytes) were held, %d dropped%s"
+         % (args.dev, st.qlen, st.backlog, st.drops,
+            "; --max-hold had passed, the hold ended then" if expired else ""))
+    return code
+
+
+def _release(inv: _inventory.Inventory, args: argparse.Namespace) -> int:
+    plugs = inv.plugs(args.dev)
+    for plug in plugs:
+        _inventory.release(plug, args.netns)
+        print("released %s (%s, plug %s at %s of %s): %d packets" % (
+            plug.device, plug.mode, plug.handle, plug.parent, plug.on, plug.qlen))
+    if not plugs:
+        print("no plug qdisc holds %s's packets" % args.dev)
+    return 0
+
+
+COLUMNS = ("device", "mode", "on", "parent", "handle", "qlen", "backlog", "drops", "packets",
+           "bytes", "holder")
+
+
+def _status(inv: _inventory.Inventory, args: argparse.Namespace) -> int:
+    plugs = inv.plugs(args.dev)
+    if args.json:
+        print(json.dumps([p._asdict() for p in plugs], indent=2))
+        return 0
+    if not plugs:
+        print("no plug qdisc%s" % (" on %s" % args.dev if args.dev else ""))
+        return 0
+    rows = [[c.upper() for c in COLUMNS]]
+    for p in plugs:
+        holder = str(p.holder) if p.holder else "-" if p.recorded else "?"
+        rows.append([str(getattr(p, c)) for c in COLUMNS[:-1]] + [holder])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    for r in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def _cleanup(inv: _inventory.Inventory, args: argparse.Namespace) -> int:
+    failed = 0
+    order = {"plain": 0, "match": 1, "ingress": 2}  # the egress first: see EgressBusy
+    for rec in sorted(inv.records, key=lambda r: order.get(r.mode, 3)):
+        if args.dev is not None and rec.ifindex != inv.index.get(args.dev):
+            continue
+        if rec.alive:
+            print("kept the %s hold on %s: its holder, pid %d, is alive"
+                  % (rec.mode, rec.device, rec.pid))
+            continue
+        try:
+            fresh = _inventory.Inventory(args.netns) if rec.mode == "ingress" else inv
+            removed = _inventory.remove(rec, fresh)
+        except _inventory.EgressBusy as e:
+            _say("the ingress hold on %s stays: %s's egress holds %d packets now, which "
+                 "removing its ingress qdisc would make the kernel drop; release them "
+                 "(`plugqdisc release %s`) and run cleanup again"
+                 % (e.device, e.device, e.held, e.device))
+            failed += 1
+            continue
+        except PlugQdiscError as e:
+            _say("the %s hold on %s: %s" % (rec.mode, rec.device, e))
+            failed += 1
+            continue
+        _registry.forget(rec.path)
+        if removed:
+            print("removed the %s hold on %s (its holder, pid %d, is gone; nothing held "
+                  "was lost)" % (rec.mode, rec.device, rec.pid))
+    for what in inv.unrecorded(args.dev):
+        print("left %s: no record says which process made it (it may still be in use)"
+              % what)
+    return ERROR if failed else 0
+
+
+def _failure(e: OSError, command: str, netns: Optional[str]) -> str:
+    """One line for an error: the C core's facts put in words, or the error's own."""
+    if not isinstance(e, PlugQdiscError) and hasattr(e, "step"):
+        e = translate(e, command, "netns %s" % netns if netns else "this namespace")
+    return e.strerror or str(e)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words[:1] == ["lab"]:
+        return lab.main(words[1:])
+    cmd: List[str] = []
+    dashdash = "--" in words
+    if dashdash:
+        i = words.index("--")
+        words, cmd = words[:i], words[i + 1:]
+    p, subs = _parser()
+    args = p.parse_args(words)
+    if dashdash and args.command != "hold":
+        subs[args.command].error("only hold runs a command (after --)")
+    if dashdash and not cmd:
+        subs["hold"].error("no CMD after --: give one, or leave out -- to hold until Enter")
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    try:
+        if args.command == "hold":
+            return _hold(subs["hold"], args, cmd)
+        inv = _inventory.Inventory(args.netns)
+        if args.dev is not None and args.dev not in inv.index:
+            _say("there is no network device %r%s: `ip link` lists them"
+                 % (args.dev, " in netns %s" % args.netns if args.netns else ""))
+            return ERROR
+        run = {"release": _release, "status": _status, "cleanup": _cleanup}[args.command]
+        return run(inv, args)
+    except OSError as e:
+        _say(_failure(e, args.command, args.netns))
+        return ERROR
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except _Stop as e:
+        return 128 + e.signum
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The plugqdisc command on the host: usage errors (exit 2), --help with an example for
+each command, errors that name the fix (exit 1). What needs sch_plug is in
+test_cli_kernel.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from plugqdisc import cli
+
+COMMANDS = ("hold", "release", "status", "cleanup")
+
+
+def run(*args: str) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run([sys.executable, "-m", "plugqdisc", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_command_has_help_with_an_example(command: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: plugqdisc %s" % command)
+    assert "example" in out and "  plugqdisc %s " % command in out
+
+
+def test_top_level_help_names_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for command in COMMANDS + ("lab",):
+        assert command in out
+
+
+@pytest.mark.parametrize("args, text", [
+    ([], "required: COMMAND"),
+    (["frobnicate"], "invalid choice"),
+    (["hold"], "DEV"),
+    (["hold", "lo", "--dport", "http"], "write PORT or LOW-HIGH, for example 80 or 1000-2000"),
+    (["hold", "lo", "--dport", "0"], "ports are 1 to 65535"),
+    (["hold", "lo", "--sport", "2000-1000"], "reversed: write (1000, 2000)"),
+    (["hold", "lo", "--mark", "red"], "write VALUE or VALUE/MASK"),
+    (["hold", "lo", "--mark", "0x41/0xf0"], "bits outside the mask"),
+    (["hold", "lo", "--mark", "0x42", "--proto", "tcp"], "cannot be combined"),
+    (["hold", "lo", "--proto", "gre"], "use 'tcp', 'udp', 'icmp' or a protocol number"),
+    (["hold", "lo", "--src", "10.0.0.1", "--dst", "::1"], "different families"),
+    (["hold", "lo", "--limit", "-5"], "is not a number of bytes > 0"),
+    (["hold", "lo", "--max-hold", "soon"], "is not a number of seconds > 0"),
+    (["hold", "a/b"], "not a valid interface name"),
+    (["hold", "lo", "--"], "no CMD after --"),
+    (["status", "--", "true"], "only hold runs a command"),
+    (["release"], "DEV"),
+])
+def test_usage_errors_exit_2_and_say_what_is_wrong(args: list, text: str,  # type: ignore[type-arg]
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: plugqdisc"), err
+    assert text in err, err
+
+
+@pytest.mark.parametrize("args, text", [
+    (["hold", "nosuchdev0", "--", "true"], "no network device 'nosuchdev0'"),
+    (["hold", "nosuchdev0", "--", "true"], "`ip link` lists them"),
+    (["status", "nosuchdev0"], "no network device 'nosuchdev0': `ip link` lists them"),
+    (["release", "lo", "--netns", "plugqdisc-no-such-ns"], "`ip netns list` names them"),
+])
+def test_errors_are_one_line_naming_the_fix_and_exit_1(args: list, text: str  # type: ignore[type-arg]
+                                                       ) -> None:
+    p = run(*args)
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("plugqdisc: "), p.stderr
+    assert text in p.stderr, p.stderr
+
+
+def test_status_runs_on_any_kernel() -> None:
+    p = run("status", "--json")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("[")
+
+
+def test_lab_is_the_labs_own_command_line() -> None:
+    p = run("lab", "--help")
+    assert p.returncode == 0, p.stderr
+    assert "--kernel PATH" in p.stdout and "CMD" in p.stdout
+
+
+def test_the_console_script_is_installed() -> None:
+    script = os.path.join(os.path.dirname(sys.executable), "plugqdisc")
+    if not os.path.exists(script):
+        pytest.skip("no plugqdisc script beside %s: the package is not installed in this "
+                    "environment (pip install -e .)" % sys.executable)
+    p = subprocess.run([script, "status", "--help"], capture_output=True, text=True)
+    assert p.returncode == 0 and "plugqdisc status" in p.stdout
+
+
+def test_import_plugqdisc_does_not_load_the_command_line() -> None:
+    code = "import sys, plugqdisc; print('plugqdisc.cli' in sys.modules)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.stdout.strip() == "False", p.stderr
