@@ -20,8 +20,11 @@ def test_the_docs_build_without_warnings(tmp_path: Path) -> None:
                         str(tmp_path / "html")], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     api = (tmp_path / "html" / "api.html").read_text()
-    for name in ("PlugQdisc.wait_buffered", "PlugQdisc.parent", "netns.NetNamespace",
-                 "lab.run", "KernelSupportError"):
+    for name in ("PlugQdisc.wait_buffered", "PlugQdisc.parent", "PlugQdisc.expired",
+                 "Match", "netns.NetNamespace", "lab.run", "KernelSupportError"):
         assert 'id="plugqdisc.%s"' % name in api, name
-    assert "Coming" in (tmp_path / "html" / "recipes.html").read_text()
+    recipes = (tmp_path / "html" / "recipes.html").read_text()
+    for title in ("Hold only new connections", "Hold what arrives on a NIC",
+                  "A hold that cannot outlive its holder"):
+        assert title in recipes, title
     assert os.path.exists(tmp_path / "html" / "pytest.html")
