@@ -476,21 +476,23 @@ def attach(device: str, parent: str = "root", id: str = "1:",
                         parent=parent, handle=id) from None
 
 
-def _on_default(action: str) -> None:
-    call = getattr(_plugqdisc, "plug_qdisc_" + action)
-    try:
-        call()
-    except OSError as e:
-        if e.errno == _errno.ENOTCONN and not getattr(e, "device", ""):
-            raise not_attached_default() from None
-        raise translate(e, action, "the default plug qdisc") from None
+def _failed_default(e: OSError, action: str) -> PlugQdiscError:
+    if e.errno == _errno.ENOTCONN and not getattr(e, "device", ""):
+        return not_attached_default()
+    return translate(e, action, "the default plug qdisc")
 
 
 def plug_buffer() -> None:
     """``plug_qdisc_plug_buffer()``: the default qdisc holds from now on."""
-    _on_default("plug_buffer")
+    try:
+        _plugqdisc.plug_qdisc_plug_buffer()
+    except OSError as e:
+        raise _failed_default(e, "plug_buffer") from None
 
 
 def release_indefinite_buffer() -> None:
     """``plug_qdisc_release_indefinite_buffer()``: release all and pass traffic."""
-    _on_default("release_indefinite_buffer")
+    try:
+        _plugqdisc.plug_qdisc_release_indefinite_buffer()
+    except OSError as e:
+        raise _failed_default(e, "release_indefinite_buffer") from None
