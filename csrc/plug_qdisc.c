@@ -468,18 +468,19 @@ int pq_connect(struct plug_qdisc *q)
 /* ------------------------------------------------------------------------------------ */
 /* requests                                                                             */
 
-/* A plug qdisc object (KIND, NULL: any) at the plug's place with our handle; NULL
- * and *err set to a libnl error (-NLE_*) on failure. The caller puts it. */
-static struct rtnl_qdisc *our_qdisc(const struct plug_qdisc *q, const char *kind, int *err)
+/* A qdisc object of KIND (NULL: any) with HANDLE at PARENT of IFINDEX, for a request;
+ * NULL and *err set to a libnl error (-NLE_*) on failure. The caller puts it. */
+struct rtnl_qdisc *pq__qdisc_object(int ifindex, uint32_t parent, uint32_t handle,
+                                    const char *kind, int *err)
 {
     struct rtnl_qdisc *qd = rtnl_qdisc_alloc();
 
     *err = -NLE_NOMEM;
     if (!qd)
         return NULL;
-    rtnl_tc_set_ifindex(TC_CAST(qd), q->pl_ifindex);
-    rtnl_tc_set_parent(TC_CAST(qd), q->pl_parent);
-    rtnl_tc_set_handle(TC_CAST(qd), q->handle);
+    rtnl_tc_set_ifindex(TC_CAST(qd), ifindex);
+    rtnl_tc_set_parent(TC_CAST(qd), parent);
+    rtnl_tc_set_handle(TC_CAST(qd), handle);
     *err = kind ? rtnl_tc_set_kind(TC_CAST(qd), kind) : 0;
     if (*err < 0) {
         rtnl_qdisc_put(qd);
@@ -493,7 +494,8 @@ static struct rtnl_qdisc *our_qdisc(const struct plug_qdisc *q, const char *kind
 static struct rtnl_qdisc *plug_object(struct plug_qdisc *q, int action, uint32_t limit,
                                       int *err)
 {
-    struct rtnl_qdisc *qd = our_qdisc(q, "plug", err);
+    struct rtnl_qdisc *qd = pq__qdisc_object(q->pl_ifindex, q->pl_parent, q->handle, "plug",
+                                             err);
 
     if (!qd)
         return NULL;
@@ -756,19 +758,14 @@ static int read_stats(struct plug_qdisc *q, struct pq_stats *st)
 int pq__delete_qdisc(struct plug_qdisc *q, int ifindex, uint32_t parent, uint32_t handle,
                      const char *kind)
 {
-    struct rtnl_qdisc *qd = rtnl_qdisc_alloc();
+    struct rtnl_qdisc *qd;
     int err;
 
+    pq__clear_kerr(q);
+    qd = pq__qdisc_object(ifindex, parent, handle, kind, &err);
     if (!qd)
-        return -ENOMEM;
-    rtnl_tc_set_ifindex(TC_CAST(qd), ifindex);
-    rtnl_tc_set_parent(TC_CAST(qd), parent);
-    rtnl_tc_set_handle(TC_CAST(qd), handle);
-    err = kind ? rtnl_tc_set_kind(TC_CAST(qd), kind) : 0;
-    if (err == 0) {
-        pq__clear_kerr(q);
-        err = rtnl_qdisc_delete(q->sk, qd);
-    }
+        return pq__nl_result(q, err);
+    err = rtnl_qdisc_delete(q->sk, qd);
     rtnl_qdisc_put(qd);
     return pq__nl_result(q, err);
 }

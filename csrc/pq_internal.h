@@ -65,6 +65,10 @@ int pq__nl_result(struct plug_qdisc *q, int nlerr);
 int pq__send(struct plug_qdisc *q, struct nl_msg *msg);
 /* The qdisc at PARENT of IFINDEX (a reference, NULL if nothing reportable). 0 or -errno. */
 int pq__get_qdisc(struct plug_qdisc *q, int ifindex, uint32_t parent, struct rtnl_qdisc **out);
+/* A qdisc object of KIND (NULL: any) with HANDLE at PARENT of IFINDEX (the caller puts
+ * it); NULL and *err (a libnl error) on failure. */
+struct rtnl_qdisc *pq__qdisc_object(int ifindex, uint32_t parent, uint32_t handle,
+                                    const char *kind, int *err);
 /* Delete the qdisc of KIND with HANDLE at PARENT of IFINDEX. 0 or -errno. */
 int pq__delete_qdisc(struct plug_qdisc *q, int ifindex, uint32_t parent, uint32_t handle,
                      const char *kind);

@@ -202,25 +202,21 @@ static int add_filters(struct plug_qdisc *q, int ifindex, uint32_t parent, uint3
 static int add_qdisc(struct plug_qdisc *q, int ifindex, uint32_t parent, uint32_t handle,
                      const char *kind)
 {
-    struct rtnl_qdisc *qd = rtnl_qdisc_alloc();
+    struct rtnl_qdisc *qd;
     uint8_t map[TC_PRIO_MAX + 1];
     int err;
 
+    pq__clear_kerr(q);
+    qd = pq__qdisc_object(ifindex, parent, handle, kind, &err);
     if (!qd)
-        return -ENOMEM;
-    rtnl_tc_set_ifindex(TC_CAST(qd), ifindex);
-    rtnl_tc_set_parent(TC_CAST(qd), parent);
-    rtnl_tc_set_handle(TC_CAST(qd), handle);
-    err = rtnl_tc_set_kind(TC_CAST(qd), kind);
-    if (err == 0 && strcmp(kind, "prio") == 0) {
+        return pq__nl_result(q, err);
+    if (strcmp(kind, "prio") == 0) {
         memset(map, 0, sizeof(map));
         rtnl_qdisc_prio_set_bands(qd, 2);
         err = rtnl_qdisc_prio_set_priomap(qd, map, sizeof(map));
     }
-    if (err == 0) {
-        pq__clear_kerr(q);
+    if (err == 0)
         err = rtnl_qdisc_add(q->sk, qd, NLM_F_CREATE | NLM_F_EXCL);
-    }
     rtnl_qdisc_put(qd);
     return pq__nl_result(q, err);
 }
