@@ -961,6 +961,26 @@ static int create_failed(struct plug_qdisc *q, int err)
     return pq__fail(q, exists == 0 ? PQ_STEP_PARENT : PQ_STEP_CREATE, err);
 }
 
+/* Release the plug attach just made or adopted: a new plug qdisc holds, and the contract
+ * is that traffic passes after attach. If that fails and CREATED, delete the plug rather
+ * than leave the device held with nobody in charge (it holds nothing we were asked to
+ * keep). 0 or -errno, step CHANGE recorded. */
+static int release_new(struct plug_qdisc *q, int created)
+{
+    int err = send_plug(q, 0, TCQ_PLUG_RELEASE_INDEFINITE, q->limit);
+
+    if (err < 0) {
+        struct pq_error keep;
+
+        pq__fail(q, PQ_STEP_CHANGE, err);
+        keep = q->e;
+        if (created)
+            (void)delete_plug(q);
+        q->e = keep;
+    }
+    return err;
+}
+
 /* Create the plug at its place with the limit (CREATE|EXCL) and release it; a plug that
  * cannot be released is deleted again. 0 or -errno, step recorded. */
 int pq__create_plug(struct plug_qdisc *q)
@@ -969,17 +989,7 @@ int pq__create_plug(struct plug_qdisc *q)
 
     if (err < 0)
         return create_failed(q, err);
-    /* A new plug qdisc holds; the contract is that traffic passes after attach. */
-    err = send_plug(q, 0, TCQ_PLUG_RELEASE_INDEFINITE, q->limit);
-    if (err < 0) {
-        struct pq_error keep;
-
-        pq__fail(q, PQ_STEP_CHANGE, err);
-        keep = q->e;
-        (void)delete_plug(q);
-        q->e = keep;
-    }
-    return err;
+    return release_new(q, 1);
 }
 
 /* Create or adopt the plug qdisc at the handle's place, then release it. 0 or -errno. */
@@ -1051,18 +1061,7 @@ int pq_attach(struct plug_qdisc *q, int replace)
         rtnl_qdisc_put(qd);
     if (err < 0)
         goto out;
-    /* A new plug qdisc holds; the contract is that traffic passes after attach. */
-    err = send_plug(q, 0, TCQ_PLUG_RELEASE_INDEFINITE, q->limit);
-    if (err < 0) {
-        /* Never leave a qdisc we made holding the device's traffic with nobody in charge
-         * of it: take it away again (it holds nothing we were asked to keep). */
-        pq__fail(q, PQ_STEP_CHANGE, err);
-        if (created) {
-            struct pq_error keep = q->e;
-
-            (void)delete_plug(q);
-            q->e = keep;
-        }
+    if ((err = release_new(q, created)) < 0) {
         q->attached = 0;
         goto out;
     }
