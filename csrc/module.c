@@ -735,6 +735,40 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* The C core's constants, written once there: the tree's handles, the ifb prefix, the
+ * term kinds and every step a failure can name. 0 or -1. */
+static int
+add_constants(PyObject *module)
+{
+    PyObject *steps;
+    int i;
+
+    if (PyModule_AddIntConstant(module, "TREE_HANDLE", (long)PQ_TREE_HANDLE) < 0 ||
+        PyModule_AddIntConstant(module, "TREE_PLUG_CLASS", (long)PQ_TREE_PLUG_CLASS) < 0 ||
+        PyModule_AddIntConstant(module, "TERM_FLOWER", PQ_TERM_FLOWER) < 0 ||
+        PyModule_AddIntConstant(module, "TERM_MARK", PQ_TERM_MARK) < 0 ||
+        PyModule_AddStringConstant(module, "IFB_PREFIX", PQ_IFB_PREFIX) < 0)
+        return -1;
+    steps = PyTuple_New(PQ_STEP_COUNT);
+    if (steps == NULL)
+        return -1;
+    for (i = 0; i < PQ_STEP_COUNT; i++) {
+        PyObject *name = PyUnicode_FromString(pq_step_name((enum pq_step)i));
+
+        if (name == NULL) {
+            Py_DECREF(steps);
+            return -1;
+        }
+        PyTuple_SET_ITEM(steps, i, name);
+    }
+    /* steals the reference on success only */
+    if (PyModule_AddObject(module, "STEPS", steps) < 0) {
+        Py_DECREF(steps);
+        return -1;
+    }
+    return 0;
+}
+
 static int
 module_exec(PyObject *module)
 {
@@ -744,7 +778,7 @@ module_exec(PyObject *module)
         return -1;
     if (PyModule_AddType(module, st->qdisc_type) < 0)
         return -1;
-    return 0;
+    return add_constants(module);
 }
 
 static int

@@ -459,7 +459,7 @@ int pq_connect(struct plug_qdisc *q)
     if (!q->ingress) {
         /* Plain: the plug is at PARENT of the device; match mode: a leaf of the prio. */
         q->pl_ifindex = q->ifindex;
-        q->pl_parent = q->nterms ? (PQ_TREE_HANDLE | 2) : q->parent;
+        q->pl_parent = q->nterms ? PQ_TREE_PLUG_CLASS : q->parent;
     }
     q->connected = 1;
     return 0;

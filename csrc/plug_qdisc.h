@@ -134,6 +134,10 @@ int pq_connect(struct plug_qdisc *q);
  * the handle's HANDLE; the prio qdisc takes PQ_TREE_HANDLE. TERMS are copied.
  * 0 or -EINVAL, -ENOMEM. */
 #define PQ_TREE_HANDLE 0xFFFE0000u
+/* The class of the prio's second band ("fffe:2"), where a selective hold's plug hangs. */
+#define PQ_TREE_PLUG_CLASS (PQ_TREE_HANDLE | 2u)
+/* An ingress hold's ifb is called this prefix and the held device's ifindex. */
+#define PQ_IFB_PREFIX "pqifb"
 int pq_set_hold(struct plug_qdisc *q, int ingress, const struct pq_term *terms, int nterms);
 
 /* The guardian (guard.c). ON: from the next attach, the hold is registered with this

@@ -34,7 +34,7 @@
 #include <netlink/route/qdisc/prio.h>
 
 #define INGRESS_HANDLE TC_H_MAKE(TC_H_INGRESS, 0)   /* "ffff:" */
-#define PLUG_CLASS (PQ_TREE_HANDLE | 2)              /* band 1 of the prio */
+#define PLUG_CLASS PQ_TREE_PLUG_CLASS
 
 /* Record what a failure concerns (a kind such as "flower" or "ifb") and fail at STEP. */
 static int fail_on(struct plug_qdisc *q, enum pq_step step, int err, const char *kind)
@@ -337,7 +337,7 @@ static int make_ifb(struct plug_qdisc *q, int replace)
     struct rtnl_link *link;
     int err, old;
 
-    snprintf(q->ifb_name, sizeof(q->ifb_name), "pqifb%d", q->ifindex);
+    snprintf(q->ifb_name, sizeof(q->ifb_name), PQ_IFB_PREFIX "%d", q->ifindex);
     if (replace && link_index(q, q->ifb_name, &old) == 0 && (err = delete_link(q, old)) < 0)
         return fail_on(q, PQ_STEP_IFB, err, "ifb");
     link = rtnl_link_alloc();

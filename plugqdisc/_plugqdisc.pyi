@@ -43,3 +43,10 @@ def plug_qdisc_plug_buffer() -> None: ...
 def plug_qdisc_release_indefinite_buffer() -> None: ...
 def list_qdiscs(netns_fd: int, /) -> Tuple[
     List[Tuple[int, str, int, int, int, int, int, int, int]], List[Tuple[int, str, str]]]: ...
+
+TREE_HANDLE: int
+TREE_PLUG_CLASS: int
+TERM_FLOWER: int
+TERM_MARK: int
+IFB_PREFIX: str
+STEPS: Tuple[str, ...]
