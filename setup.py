@@ -36,13 +36,16 @@ setup(
         Extension(
             "plugqdisc._plugqdisc",
             sources=["csrc/module.c", "csrc/plug_qdisc.c", "csrc/tree.c", "csrc/guard.c",
-                     "csrc/dump.c"],
-            depends=["csrc/plug_qdisc.h", "csrc/pq_internal.h"],
+                     "csrc/dump.c", "csrc/nl.c", "csrc/plan.c", "csrc/plug.c"],
+            depends=["csrc/plug_qdisc.h", "csrc/nl.h", "csrc/plan.h", "csrc/plug.h", "csrc/tree.h", "csrc/guard.h", "csrc/sys.h"],
             include_dirs=["csrc"] + list(flags["include_dirs"]),
             library_dirs=list(flags["library_dirs"]),
             libraries=list(flags["libraries"]),
             define_macros=list(flags["define_macros"]),
             extra_compile_args=["-std=gnu11", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+            # Bind every symbol at load: the guardian (guard.c) must never enter the lazy
+            # binder, which touches the thread-local storage it may not use.
+            extra_link_args=["-Wl,-z,now"],
         )
     ],
 )

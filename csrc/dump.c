@@ -6,7 +6,7 @@
  * as in the rest of the core: a failure is an errno and a step, never words.
  */
 #define _GNU_SOURCE
-#include "pq_internal.h"
+#include "nl.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -76,7 +76,7 @@ static int copy_qdiscs(struct nl_cache *cache, struct dump_ctx *ctx)
     return 0;
 }
 
-/* pq__in_netns maker: open a socket here (it keeps this namespace), dump the links and the
+/* pq_in_netns maker: open a socket here (it keeps this namespace), dump the links and the
  * qdiscs, copy them out. 0 or -errno with CTX->step set. */
 static int dump_here(void *arg)
 {
@@ -98,7 +98,7 @@ static int dump_here(void *arg)
     if (err == 0)
         err = rtnl_qdisc_alloc_cache(sk, &qdiscs);
 out:
-    err = err < 0 ? pq__nle_errno(err) : 0;
+    err = err < 0 ? pq_nle_errno(err) : 0;
     if (err == 0 && (err = copy_links(links, ctx)) == 0)
         err = copy_qdiscs(qdiscs, ctx);
     if (links)
@@ -119,7 +119,7 @@ int pq_dump(int netns_fd, struct pq_dump *out, struct pq_error *e)
     if (netns_fd < 0)
         err = dump_here(&ctx);
     else
-        err = pq__in_netns(netns_fd, dump_here, &ctx, &switch_err);
+        err = pq_in_netns(netns_fd, dump_here, &ctx, &switch_err);
     if (err < 0) {
         pq_dump_free(out);
         e->err = -err;

@@ -1,97 +1,130 @@
 /*
- * guard.c - the guardian: a hold never outlives its holder.
+ * guard.c - the guardian (see guard.h).
  *
- * Nothing in the kernel ties a qdisc to the process that made it: a holder killed while
- * holding leaves the device held. So the first guarded attach of a process forks a
- * guardian, a child in a session of its own that keeps, for each of the process's holds,
- * the netlink messages that undo it (release; stop the diversion; remove what attach
- * created) and a netlink socket in the hold's namespace. When the holder dies, by any
- * means, it sends them: release, wait for the backlog to drain (as detach() does), remove.
- * With max_hold it also releases a hold that lasts too long, holder stopped or not.
+ * How it starts, and why it costs nothing per hold: the first guarded hold of a process
+ * starts one guardian, which stays until the process exits (it then runs the plans of
+ * the holds still registered, and exits itself). It is a clone(CLONE_VM) child: it shares
+ * the holder's memory instead of copying it, which makes its start about as cheap as a
+ * thread's (a fork() of a Python process costs 15-20 ms under UML), with a copy of the
+ * fd table that it closes before attach goes on, so that it never keeps a file of the
+ * holder's open. It gets no SIGCHLD (exit signal 0): a holder's wait() for its own
+ * children neither sees nor reaps it. Since it runs on the thread pointer of the thread
+ * that started it, it never touches thread-local storage (sys.h); under valgrind (which
+ * cannot run such a child) and on architectures without raw syscalls here, it is forked.
  *
- * The guardian is forked, never exec'd, from what may be a multi-threaded process, so it
- * lives on async-signal-safe calls only: raw syscalls, static buffers, no malloc, no libnl.
- * The messages are built here in the holder, with libnl, and sent over a SOCK_SEQPACKET
- * pair; the netlink socket goes with them as SCM_RIGHTS.
- *
- * The holder side is the second process-wide state of the core (after the HAProxy default
- * handle): one guardian per process, started on demand, reaped when the last guarded hold
- * is detached. A forked child starts its own for the holds it attaches.
+ * The holder hands it, over a SOCK_SEQPACKET pair, each hold's plan and a route socket in
+ * the hold's namespace (SCM_RIGHTS), and keeps both: if the guardian is found dead, the
+ * next registration starts a new one and hands every live hold over again. The guardian
+ * learns of the holder's death through a pidfd. The holder side is process-wide state,
+ * reset in a forked child, which starts its own guardian for the holds it makes.
  */
 #define _GNU_SOURCE
-#include "pq_internal.h"
+#include "guard.h"
+#include "sys.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
-#include <linux/gen_stats.h>
-#include <linux/if_link.h>
-#include <linux/netlink.h>
-#include <linux/pkt_sched.h>
-#include <linux/rtnetlink.h>
 
 #define G_MAX 256                /* holds one guardian keeps */
-#define G_ARENA (128 * 1024)     /* their messages */
-#define G_DRAIN_MS 5000          /* how long the backlog may take to drain, as detach() */
-#define G_REPLY_MS 2000          /* how long to wait for the kernel's answer */
+#define G_DRAIN_MS 5000          /* how long a backlog may take to drain, as detach() */
+#define G_STACK (256 * 1024)     /* the cloned guardian's stack */
 
-enum { G_REGISTER = 1, G_UNREGISTER, G_BUFFER, G_RELEASE, G_EXIT, G_READY };
-/* Release; stop the diversion; ask what is still held; remove. For an ingress hold then:
- * ask what the device's egress holds, and delete the ingress qdisc only if nothing
- * (deleting it purges the egress). */
-enum { PH_RELEASE, PH_DIVERT, PH_PROBE, PH_REMOVE, PH_EGRESS, PH_LAST, PH_COUNT };
+enum { G_REGISTER = 1, G_UNREGISTER, G_BUFFER, G_RELEASE, G_READY };
 
-/* One record from holder to guardian; REGISTER is followed by the messages of each phase
- * (len[] bytes each, in phase order) and carries the netlink socket as SCM_RIGHTS. */
+/* One record from holder to guardian; REGISTER is followed by the plan's bytes and carries
+ * the route socket as SCM_RIGHTS. */
 struct g_rec {
     uint32_t type;
     uint32_t slot;               /* the hold's slot, 0 .. G_MAX-1 */
     uint32_t seq;                /* BUFFER: the hold's buffer count */
     uint32_t max_hold_ms;        /* REGISTER: 0 for none */
-    uint32_t len[PH_COUNT];      /* REGISTER */
+    uint32_t expect;             /* REGISTER: the plan's expected handle */
+    uint32_t len;                /* REGISTER: the plan's length */
+};
+
+/* What the guardian keeps of one hold. */
+struct g_hold {
+    int used, fd, armed;
+    uint32_t max_hold_ms, seq;
+    int64_t deadline_ms;
+    struct pq_plan plan;
 };
 
 /* ------------------------------------------------------------------------------------ */
 /* the holder's side                                                                    */
+
+struct g_slot {
+    int used, fd, armed;
+    uint32_t max_hold_ms, seq;
+    struct pq_plan *plan;
+};
 
 static struct {
     pthread_mutex_t lock;
     unsigned long gen;           /* pq_fork_generation() the state belongs to */
     pid_t pid;                   /* the guardian, 0 if none */
     int sock;                    /* our end of the pair, -1 if none */
-    volatile uint32_t *expired;  /* G_MAX slots shared with the guardian: the expired seq */
-    unsigned char used[G_MAX];
-    int nused;
-} G = { PTHREAD_MUTEX_INITIALIZER, 0, 0, -1, NULL, {0}, 0 };
+    void *stack;                 /* a cloned guardian's stack, NULL if forked or none */
+    struct g_hold *holds;        /* its G_MAX records (mapped for it, zeroed) */
+    volatile uint32_t *expired;  /* G_MAX slots shared with it: the expired seq */
+    struct g_slot s[G_MAX];
+} G = { PTHREAD_MUTEX_INITIALIZER, 0, 0, -1, NULL, NULL, NULL, { { 0, 0, 0, 0, 0, NULL } } };
 
-/* Lock the state, first forgetting a guardian inherited through fork(): it is the
- * parent's. Its socket is closed here (the parent's copy lives on). */
+/* What a starting guardian reads first (the holder does not start another meanwhile). */
+static struct {
+    int sock;
+    pid_t holder;
+    struct g_hold *holds;
+    volatile uint32_t *expired;
+} g_args;
+
+static void g_drop_slot(struct g_slot *s)
+{
+    if (s->fd >= 0)
+        close(s->fd);
+    free(s->plan);
+    memset(s, 0, sizeof(*s));
+    s->fd = -1;
+}
+
+/* Lock the state, first forgetting a guardian and holds inherited through fork(): they
+ * are the parent's (the parent's copies of the fds live on). */
 static void g_lock(void)
 {
     unsigned long now = pq_fork_generation();
+    int i;
 
     if (G.gen != now) {
         pthread_mutex_init(&G.lock, NULL);
         if (G.sock >= 0)
             close(G.sock);
+        if (G.stack)
+            munmap(G.stack, G_STACK);
+        if (G.holds)
+            munmap(G.holds, G_MAX * sizeof(struct g_hold));
         if (G.expired)
             munmap((void *)G.expired, G_MAX * sizeof(uint32_t));
         G.sock = -1;
         G.pid = 0;
+        G.stack = NULL;
+        G.holds = NULL;
         G.expired = NULL;
-        memset(G.used, 0, sizeof(G.used));
-        G.nused = 0;
+        for (i = 0; i < G_MAX; i++)
+            if (G.s[i].used)
+                g_drop_slot(&G.s[i]);
         G.gen = now;
     }
     pthread_mutex_lock(&G.lock);
@@ -102,11 +135,39 @@ static void g_unlock(void)
     pthread_mutex_unlock(&G.lock);
 }
 
-static void guardian_main(int sock, pid_t holder) __attribute__((noreturn));
+/* Reap a guardian that is gone (or told to go) and free what it ran on. */
+static void g_reap(void)
+{
+    if (G.sock >= 0)
+        close(G.sock);
+    G.sock = -1;
+    if (G.pid > 0)
+        while (waitpid(G.pid, NULL, __WALL) < 0 && errno == EINTR)
+            ;
+    G.pid = 0;
+    if (G.stack)
+        munmap(G.stack, G_STACK);
+    G.stack = NULL;
+    if (G.holds)
+        munmap(G.holds, G_MAX * sizeof(struct g_hold));
+    G.holds = NULL;
+}
+
+/* Whether this process runs under valgrind, which cannot run a clone(CLONE_VM) child
+ * ("Unsupported clone() flags") and ends the program instead. */
+static int under_valgrind(void)
+{
+    const char *p = getenv("LD_PRELOAD");
+
+    return p && strstr(p, "vgpreload") != NULL;
+}
+
+static int guardian_entry(void *unused);
+static void guardian_main(void) __attribute__((noreturn));
 
 /* Wait (up to 5 s) for the new guardian to say that it holds no fd of ours any more: until
  * then it has a copy of every one (a listening socket stays bound, a pipe open). 0 or
- * -errno (the guardian is then reaped). */
+ * -errno (the guardian is then killed and reaped). */
 static int g_wait_ready(void)
 {
     struct pollfd p = { G.sock, POLLIN, 0 };
@@ -121,19 +182,16 @@ static int g_wait_ready(void)
         return 0;
     n = n == 0 ? -ETIMEDOUT : -EPIPE;
     kill(G.pid, SIGKILL);
-    close(G.sock);
-    G.sock = -1;
-    while (waitpid(G.pid, NULL, 0) < 0 && errno == EINTR)
-        ;
-    G.pid = 0;
+    g_reap();
     return n;
 }
 
 /* Start the guardian (G locked). 0 or -errno. */
 static int g_start(void)
 {
-    int sv[2];
-    pid_t holder = getpid(), pid;
+    sigset_t all, old;
+    int sv[2], err = 0;
+    pid_t pid;
 
     if (!G.expired) {
         void *m = mmap(NULL, G_MAX * sizeof(uint32_t), PROT_READ | PROT_WRITE,
@@ -143,34 +201,52 @@ static int g_start(void)
             return -errno;
         G.expired = m;
     }
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+    G.holds = mmap(NULL, G_MAX * sizeof(struct g_hold), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (G.holds == MAP_FAILED) {
+        G.holds = NULL;
         return -errno;
-    pid = fork();
-    if (pid < 0) {
-        int err = -errno;
-
-        close(sv[0]);
-        close(sv[1]);
+    }
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+        err = -errno;
+        g_reap();
         return err;
     }
-    if (pid == 0)
-        guardian_main(sv[1], holder);
+    g_args.sock = sv[1];
+    g_args.holder = getpid();
+    g_args.holds = G.holds;
+    g_args.expired = G.expired;
+    /* The child starts with every signal blocked: the holder's handlers are not its own,
+     * and it sets its own before it unblocks them. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    if (PQ_SYS_RAW && !under_valgrind()) {
+        G.stack = mmap(NULL, G_STACK, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+        if (G.stack == MAP_FAILED) {
+            G.stack = NULL;
+            pid = -1;
+        } else {
+            /* Exit signal 0: no SIGCHLD, invisible to the holder's own wait(). */
+            pid = clone(guardian_entry, (char *)G.stack + G_STACK, CLONE_VM, NULL);
+        }
+    } else {
+        pid = (pid_t)syscall(SYS_clone, 0UL, NULL, NULL, NULL, 0UL);
+        if (pid == 0)
+            guardian_main();
+    }
+    if (pid < 0)
+        err = -errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     close(sv[1]);
+    if (err < 0) {
+        close(sv[0]);
+        g_reap();
+        return err;
+    }
     G.sock = sv[0];
     G.pid = pid;
     return g_wait_ready();
-}
-
-/* Reap the guardian after it was told to go (or found gone). */
-static void g_reap(void)
-{
-    if (G.sock >= 0)
-        close(G.sock);
-    G.sock = -1;
-    if (G.pid > 0)
-        while (waitpid(G.pid, NULL, 0) < 0 && errno == EINTR)
-            ;
-    G.pid = 0;
 }
 
 /* Send one record (and PAYLOAD, and FD as SCM_RIGHTS if >= 0) to the guardian. 0/-errno. */
@@ -202,160 +278,145 @@ static int g_send(const struct g_rec *rec, const void *payload, size_t len, int 
     return n < 0 ? -errno : 0;
 }
 
-/* Append the bytes of MSG (freed; NULL is an error) to BUF at *LEN. 0 or -errno. */
-static int take_msg(struct nl_msg *msg, unsigned char *buf, size_t cap, uint32_t *len)
+/* Hand slot I over to the guardian (and, if it holds, its max_hold timer). 0 or -errno. */
+static int g_send_slot(int i)
 {
-    struct nlmsghdr *h;
+    struct g_slot *s = &G.s[i];
+    struct g_rec rec;
+    int err;
 
-    if (!msg)
-        return -ENOMEM;
-    h = nlmsg_hdr(msg);
-    if (*len + NLMSG_ALIGN(h->nlmsg_len) > cap) {
-        nlmsg_free(msg);
-        return -ENOSPC;
+    memset(&rec, 0, sizeof(rec));
+    rec.type = G_REGISTER;
+    rec.slot = (uint32_t)i;
+    rec.max_hold_ms = s->max_hold_ms;
+    rec.expect = s->plan->expect;
+    rec.len = s->plan->len;
+    G.expired[i] = 0;
+    err = g_send(&rec, s->plan->buf, s->plan->len, s->fd);
+    if (err == 0 && s->armed) {
+        rec.type = G_BUFFER;
+        rec.seq = s->seq;
+        err = g_send(&rec, NULL, 0, -1);
     }
-    memcpy(buf + *len, h, h->nlmsg_len);
-    *len += NLMSG_ALIGN(h->nlmsg_len);
-    nlmsg_free(msg);
+    return err;
+}
+
+/* Make sure a guardian runs that has every registered hold (G locked): start one if there
+ * is none, or a new one if this one is gone, handing it every hold. 0 or -errno. */
+static int g_ensure(void)
+{
+    int i, err;
+
+    if (G.pid)
+        return 0;
+    if ((err = g_start()) < 0)
+        return err;
+    for (i = 0; i < G_MAX; i++)
+        if (G.s[i].used && (err = g_send_slot(i)) < 0)
+            return err;
     return 0;
 }
 
-/* Register an attached hold with this process's guardian (starting it). 0 or -errno,
- * step GUARD recorded. */
-int pq__guard_register(struct plug_qdisc *q)
+/* Whether an error from the socket pair means the guardian is gone. */
+static int gone(int err)
 {
-    unsigned char payload[4096];
-    struct g_rec rec;
-    uint32_t at = 0;
-    int tree = q->ingress || q->nterms, err, fd = -1, slot, tries;
+    return err == -EPIPE || err == -ECONNRESET || err == -ENOTCONN;
+}
 
-    if (!q->guard || (q->gslot >= 0 && q->ggen == pq_fork_generation()))
-        return 0;
-    memset(&rec, 0, sizeof(rec));
-    /* Release always; what attach created is also diverted, drained and removed. */
-    err = take_msg(pq__msg_release(q), payload, sizeof(payload), &at);
-    rec.len[PH_RELEASE] = at;
-    if (err == 0 && q->created && tree) {
-        err = take_msg(pq__tree_msg_divert(q), payload, sizeof(payload), &at);
-        rec.len[PH_DIVERT] = at - rec.len[PH_RELEASE];
-    }
-    if (err == 0 && q->created) {
-        uint32_t before = at;
+int pq_guard_register(struct pq_guard_ticket *t, const struct pq_plan *plan, int fd,
+                      uint32_t max_hold_ms)
+{
+    struct pq_plan *copy = malloc(sizeof(*copy));
+    int slot, err, tries;
 
-        err = take_msg(pq__msg_tc(RTM_GETQDISC, NLM_F_ECHO, q->pl_ifindex, q->pl_parent, 0),
-                       payload, sizeof(payload), &at);
-        if (err == 0 && q->ingress)
-            err = take_msg(pq__tree_msg_probe_ifb(q), payload, sizeof(payload), &at);
-        rec.len[PH_PROBE] = at - before;
-        before = at;
-        if (err == 0)
-            err = take_msg(tree ? pq__tree_msg_remove(q)
-                                : pq__msg_delete_qdisc(q->pl_ifindex, q->pl_parent, q->handle,
-                                                       "plug"),
-                           payload, sizeof(payload), &at);
-        rec.len[PH_REMOVE] = at - before;
-        if (err == 0 && q->ingress) {
-            before = at;
-            err = take_msg(pq__tree_msg_egress_probe(q), payload, sizeof(payload), &at);
-            rec.len[PH_EGRESS] = at - before;
-            before = at;
-            if (err == 0)
-                err = take_msg(pq__tree_msg_remove_ingress(q), payload, sizeof(payload), &at);
-            rec.len[PH_LAST] = at - before;
-        }
+    if (!copy) {
+        close(fd);
+        return -ENOMEM;
     }
-    if (err == 0)
-        err = pq__raw_socket(q, &fd);
-    if (err < 0) {
-        if (fd >= 0)
-            close(fd);
-        return pq__fail(q, PQ_STEP_GUARD, err);
-    }
-
+    *copy = *plan;
     g_lock();
-    for (slot = 0; slot < G_MAX && G.used[slot]; slot++)
+    for (slot = 0; slot < G_MAX && G.s[slot].used; slot++)
         ;
-    err = slot < G_MAX ? 0 : -ENOSPC;
-    rec.type = G_REGISTER;
-    rec.slot = (uint32_t)slot;
-    rec.max_hold_ms = q->max_hold_ms;
-    for (tries = 0; err == 0 && tries < 2; tries++) {
-        if (!G.pid && (err = g_start()) < 0)
-            break;
-        G.expired[slot] = 0;
-        err = g_send(&rec, payload, at, fd);
-        if (err != -EPIPE && err != -ECONNRESET && err != -ENOTCONN)
-            break;
-        /* The guardian died (killed by hand?): start another. The holds it had are not
-         * guarded any more; this one will be. */
-        g_reap();
+    if (slot == G_MAX) {
+        g_unlock();
+        free(copy);
+        close(fd);
+        return -ENOSPC;
     }
-    if (err == 0) {
-        G.used[slot] = 1;
-        G.nused++;
-        q->gslot = slot;
-        q->ggen = G.gen;
-        q->bseq = 0;
-    }
-    g_unlock();
-    close(fd);
-    return err < 0 ? pq__fail(q, PQ_STEP_GUARD, err) : 0;
-}
-
-/* Whether Q is registered with this process's guardian. */
-static int ours(const struct plug_qdisc *q)
-{
-    return q->gslot >= 0 && q->ggen == pq_fork_generation();
-}
-
-/* Forget Q's hold; the last one sends the guardian away and reaps it. */
-void pq__guard_unregister(struct plug_qdisc *q)
-{
-    struct g_rec rec;
-
-    if (!ours(q)) {
-        q->gslot = -1;
-        return;
-    }
-    memset(&rec, 0, sizeof(rec));
-    rec.type = G_UNREGISTER;
-    rec.slot = (uint32_t)q->gslot;
-    g_lock();
-    if (G.pid) {
-        (void)g_send(&rec, NULL, 0, -1);
-        G.used[q->gslot] = 0;
-        if (--G.nused == 0) {
-            rec.type = G_EXIT;
-            (void)g_send(&rec, NULL, 0, -1);
-            g_reap();
+    G.s[slot] = (struct g_slot){ 1, fd, 0, max_hold_ms, 0, copy };
+    err = 0;
+    for (tries = 0; tries < 2; tries++) {
+        if (!G.pid) {
+            err = g_ensure();          /* a new guardian gets this slot with the others */
+        } else {
+            err = g_send_slot(slot);
         }
+        if (!gone(err))
+            break;
+        g_reap();                      /* it died (killed by hand?): start another */
     }
+    if (err < 0)
+        g_drop_slot(&G.s[slot]);
     g_unlock();
-    q->gslot = -1;
+    if (err < 0)
+        return err;
+    t->slot = slot;
+    t->gen = pq_fork_generation();
+    t->seq = 0;
+    t->max_hold_ms = max_hold_ms;
+    return 0;
 }
 
-/* max_hold: tell the guardian that Q holds from now (ARM) or not any more. */
-void pq__guard_hold(struct plug_qdisc *q, int arm)
+int pq_guard_registered(const struct pq_guard_ticket *t)
+{
+    return t->slot >= 0 && t->gen == pq_fork_generation();
+}
+
+/* Send a record about T's slot, replacing a guardian found gone. */
+static void g_tell(const struct pq_guard_ticket *t, uint32_t type)
 {
     struct g_rec rec;
 
-    if (!q->max_hold_ms || !ours(q))
-        return;
     memset(&rec, 0, sizeof(rec));
-    rec.type = arm ? G_BUFFER : G_RELEASE;
-    rec.slot = (uint32_t)q->gslot;
-    rec.seq = arm ? ++q->bseq : q->bseq;
+    rec.type = type;
+    rec.slot = (uint32_t)t->slot;
+    rec.seq = t->seq;
+    if (G.pid && gone(g_send(&rec, NULL, 0, -1))) {
+        g_reap();
+        (void)g_ensure();
+    }
+}
+
+void pq_guard_unregister(struct pq_guard_ticket *t)
+{
+    if (!pq_guard_registered(t)) {
+        t->slot = -1;
+        return;
+    }
     g_lock();
-    if (G.pid)
-        (void)g_send(&rec, NULL, 0, -1);
+    g_tell(t, G_UNREGISTER);
+    g_drop_slot(&G.s[t->slot]);
+    g_unlock();
+    t->slot = -1;
+}
+
+void pq_guard_hold(struct pq_guard_ticket *t, int arm)
+{
+    if (!t->max_hold_ms || !pq_guard_registered(t))
+        return;
+    if (arm)
+        t->seq++;
+    g_lock();
+    G.s[t->slot].armed = arm;
+    G.s[t->slot].seq = t->seq;
+    g_tell(t, arm ? G_BUFFER : G_RELEASE);
     g_unlock();
 }
 
-/* Whether the guardian released Q's current hold because it lasted past max_hold. */
-int pq__guard_expired(const struct plug_qdisc *q)
+int pq_guard_expired(const struct pq_guard_ticket *t)
 {
-    return q->max_hold_ms && ours(q) && q->is_buffering && G.expired &&
-           G.expired[q->gslot] == q->bseq;
+    return t->max_hold_ms && pq_guard_registered(t) && G.expired &&
+           G.expired[t->slot] == t->seq;
 }
 
 int pq_guardian_pid(void)
@@ -369,239 +430,87 @@ int pq_guardian_pid(void)
 }
 
 /* ------------------------------------------------------------------------------------ */
-/* the guardian: async-signal-safe calls only from here on                              */
+/* the guardian: raw syscalls only from here on, no thread-local storage, no malloc      */
 
-static struct g_hold {
-    int used, fd, armed;
-    uint32_t max_hold_ms, seq;
-    int64_t deadline_ms;
-    uint32_t off, len[PH_COUNT];
-} H[G_MAX];
-static unsigned char arena[G_ARENA];
-static uint32_t arena_used;
-static unsigned char rbuf[8192];
-static unsigned char nlbuf[16384];
-static uint32_t nlseq;
+#define SYS(n, a, b, c, d, e, f) PQ_SYS(n, a, b, c, d, e, f)
 
-static int64_t g_now_ms(void)
+/* The kernel's struct sigaction (what rt_sigaction takes). */
+struct k_sigaction {
+    void (*handler)(int);
+    unsigned long flags;
+    void (*restorer)(void);
+    uint64_t mask;
+};
+
+static unsigned char g_rbuf[sizeof(struct g_rec) + PQ_PLAN_MAX + 64];
+
+PQ_NO_TLS static int64_t g_now_ms(void)
 {
-    struct timespec ts;
+    struct timespec ts = { 0, 0 };
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    (void)SYS(SYS_clock_gettime, CLOCK_MONOTONIC, &ts, 0, 0, 0, 0);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void g_sleep_ms(long ms)
+PQ_NO_TLS static void g_exit(void)
 {
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-        ;
+    for (;;)
+        (void)SYS(SYS_exit, 0, 0, 0, 0, 0, 0);
 }
 
-/* The queue length in an RTM_NEWQDISC message (TCA_STATS2/TCA_STATS_QUEUE, else TCA_STATS). */
-static uint64_t g_qlen(const struct nlmsghdr *h)
+PQ_NO_TLS static void g_forget(struct g_hold *h)
 {
-    const struct tcmsg *tcm = NLMSG_DATA(h);
-    const struct rtattr *a = (const struct rtattr *)((const char *)tcm + NLMSG_ALIGN(sizeof(*tcm)));
-    int len = (int)h->nlmsg_len - NLMSG_LENGTH(sizeof(*tcm));
-
-    for (; RTA_OK(a, len); a = RTA_NEXT(a, len)) {
-        if (a->rta_type == TCA_STATS2) {
-            const struct rtattr *b = RTA_DATA(a);
-            int blen = (int)RTA_PAYLOAD(a);
-
-            for (; RTA_OK(b, blen); b = RTA_NEXT(b, blen))
-                if (b->rta_type == TCA_STATS_QUEUE &&
-                    RTA_PAYLOAD(b) >= sizeof(struct gnet_stats_queue))
-                    return ((const struct gnet_stats_queue *)RTA_DATA(b))->qlen;
-        } else if (a->rta_type == TCA_STATS && RTA_PAYLOAD(a) >= sizeof(struct tc_stats)) {
-            return ((const struct tc_stats *)RTA_DATA(a))->qlen;
-        }
-    }
-    return 0;
-}
-
-/* Packets an ifb has taken and not handed back yet, from its RTM_NEWLINK (IFLA_STATS64:
- * ifb counts what it receives as rx, what it re-injects as tx). */
-static uint64_t g_in_flight(const struct nlmsghdr *h)
-{
-    const struct ifinfomsg *ifi = NLMSG_DATA(h);
-    const struct rtattr *a = (const struct rtattr *)((const char *)ifi + NLMSG_ALIGN(sizeof(*ifi)));
-    int len = (int)h->nlmsg_len - NLMSG_LENGTH(sizeof(*ifi));
-
-    for (; RTA_OK(a, len); a = RTA_NEXT(a, len)) {
-        if (a->rta_type == IFLA_STATS64 && RTA_PAYLOAD(a) >= sizeof(struct rtnl_link_stats64)) {
-            struct rtnl_link_stats64 st;
-            uint64_t done;
-
-            memcpy(&st, RTA_DATA(a), sizeof(st)); /* 4-byte aligned in the message */
-            done = st.tx_packets + st.tx_dropped + st.rx_dropped; /* as pq__tree_in_flight */
-            return st.rx_packets > done ? st.rx_packets - done : 0;
-        }
-    }
-    return 0;
-}
-
-/* Send one netlink message (patched: our seq, an ack asked for) on FD and wait for its
- * answer. 0 or -errno (the kernel's); what a qdisc (its qlen) or an ifb (in flight) in
- * the reply still holds is added to *QLEN, if QLEN. */
-static int g_exchange(int fd, struct nlmsghdr *m, uint64_t *qlen)
-{
-    struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
-    int64_t deadline = g_now_ms() + G_REPLY_MS;
-
-    m->nlmsg_seq = ++nlseq;
-    m->nlmsg_pid = 0;
-    m->nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
-    if (sendto(fd, m, m->nlmsg_len, 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0)
-        return -errno;
-    for (;;) {
-        struct pollfd p = { fd, POLLIN, 0 };
-        int64_t left = deadline - g_now_ms();
-        ssize_t n;
-        struct nlmsghdr *h;
-
-        if (left <= 0 || poll(&p, 1, (int)left) <= 0)
-            return -ETIMEDOUT;
-        n = recv(fd, nlbuf, sizeof(nlbuf), 0);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        for (h = (struct nlmsghdr *)nlbuf; NLMSG_OK(h, (unsigned int)n); h = NLMSG_NEXT(h, n)) {
-            if (h->nlmsg_seq != m->nlmsg_seq)
-                continue;
-            if (h->nlmsg_type == NLMSG_ERROR)
-                return ((struct nlmsgerr *)NLMSG_DATA(h))->error;
-            if (h->nlmsg_type == RTM_NEWQDISC && qlen)
-                *qlen += g_qlen(h);
-            if (h->nlmsg_type == RTM_NEWLINK && qlen)
-                *qlen += g_in_flight(h);
-        }
-    }
-}
-
-/* Send every message of phase PH of hold I. Returns the last error (0 if none). */
-static int g_phase(int i, int ph, uint64_t *qlen)
-{
-    struct g_hold *h = &H[i];
-    uint32_t off = h->off, end;
-    int p, err = 0;
-
-    for (p = 0; p < ph; p++)
-        off += h->len[p];
-    end = off + h->len[ph];
-    while (off < end) {
-        struct nlmsghdr *m = (struct nlmsghdr *)(arena + off);
-        int e = g_exchange(h->fd, m, qlen);
-
-        if (e < 0)
-            err = e;
-        off += NLMSG_ALIGN(m->nlmsg_len);
-    }
-    return err;
-}
-
-/* Forget hold I, giving its space back. */
-static void g_forget(int i)
-{
-    struct g_hold *h = &H[i];
-    uint32_t size = 0;
-    int p, j;
-
     if (!h->used)
         return;
-    for (p = 0; p < PH_COUNT; p++)
-        size += h->len[p];
-    memmove(arena + h->off, arena + h->off + size, arena_used - h->off - size);
-    arena_used -= size;
-    for (j = 0; j < G_MAX; j++)
-        if (H[j].used && H[j].off > h->off)
-            H[j].off -= size;
-    close(h->fd);
-    memset(h, 0, sizeof(*h));
+    (void)SYS(SYS_close, h->fd, 0, 0, 0, 0, 0);
+    h->used = 0;
+    h->armed = 0;
+    h->fd = -1;
 }
 
-/* The holder is gone: release everything, stop the diversions, let the plugs drain,
- * remove what the holds created (a plug that does not drain stays, passing). Never
- * returns. */
-static void g_undo_all(volatile uint32_t *expired) __attribute__((noreturn));
-static void g_undo_all(volatile uint32_t *expired)
+/* The holder is gone: release every hold first (nothing stays held while others drain),
+ * then run the rest of each plan: stop the diversion, let it drain, remove. A plug that
+ * does not drain stays, passing. Never returns. */
+PQ_NO_TLS static void g_undo_all(struct g_hold *H)
 {
-    int64_t deadline;
-    int i, waiting;
+    struct pq_plan_result r;
+    int i;
 
-    (void)expired;
     for (i = 0; i < G_MAX; i++)
         if (H[i].used)
-            (void)g_phase(i, PH_RELEASE, NULL);
+            (void)pq_plan_phase(H[i].fd, &H[i].plan, PQ_PH_RELEASE, NULL, &r);
     for (i = 0; i < G_MAX; i++)
         if (H[i].used)
-            (void)g_phase(i, PH_DIVERT, NULL);
-    deadline = g_now_ms() + G_DRAIN_MS;
-    do {
-        waiting = 0;
-        for (i = 0; i < G_MAX; i++) {
-            uint64_t qlen = 0;
-
-            if (!H[i].used || !H[i].len[PH_PROBE] || H[i].armed == -1)
-                continue;
-            if (g_phase(i, PH_PROBE, &qlen) < 0 || qlen == 0) {
-                H[i].armed = -1; /* drained, or gone: ready to remove */
-                continue;
-            }
-            waiting = 1;
-        }
-        if (waiting)
-            g_sleep_ms(1);
-    } while (waiting && g_now_ms() < deadline);
-    for (i = 0; i < G_MAX; i++) {
-        uint64_t egress = 0;
-
-        if (!H[i].used || H[i].armed != -1)
-            continue;
-        (void)g_phase(i, PH_REMOVE, NULL);
-        if (H[i].len[PH_EGRESS] && g_phase(i, PH_EGRESS, &egress) == 0 && egress == 0)
-            (void)g_phase(i, PH_LAST, NULL);
-    }
-    _exit(0);
+            (void)pq_plan_run(H[i].fd, &H[i].plan, PQ_PH_DIVERT, G_DRAIN_MS, &r);
+    g_exit();
 }
 
 /* Apply one record from the holder (FD: the socket that came with it, or -1). */
-static void g_apply(const struct g_rec *r, const unsigned char *payload, size_t len, int fd)
+PQ_NO_TLS static void g_apply(struct g_hold *H, const struct g_rec *r,
+                              const unsigned char *payload, size_t len, int fd)
 {
     struct g_hold *h;
-    uint32_t total = 0;
-    int p;
 
     if (r->slot >= G_MAX) {
         if (fd >= 0)
-            close(fd);
+            (void)SYS(SYS_close, fd, 0, 0, 0, 0, 0);
         return;
     }
     h = &H[r->slot];
     switch (r->type) {
     case G_REGISTER:
-        g_forget((int)r->slot);
-        for (p = 0; p < PH_COUNT; p++)
-            total += r->len[p];
-        if (fd < 0 || total != len || arena_used + total > sizeof(arena)) {
-            if (fd >= 0)
-                close(fd);
-            return;
-        }
-        memcpy(arena + arena_used, payload, total);
+        g_forget(h);
+        if (fd < 0 || r->len != len || len > PQ_PLAN_MAX)
+            break;
+        memcpy(h->plan.buf, payload, len);
+        h->plan.len = r->len;
+        h->plan.expect = r->expect;
         h->used = 1;
         h->fd = fd;
-        h->off = arena_used;
-        memcpy(h->len, r->len, sizeof(h->len));
         h->max_hold_ms = r->max_hold_ms;
-        arena_used += total;
         return;
     case G_UNREGISTER:
-        g_forget((int)r->slot);
+        g_forget(h);
         break;
     case G_BUFFER:
         h->seq = r->seq;
@@ -615,18 +524,18 @@ static void g_apply(const struct g_rec *r, const unsigned char *payload, size_t 
         break;
     }
     if (fd >= 0)
-        close(fd);
+        (void)SYS(SYS_close, fd, 0, 0, 0, 0, 0);
 }
 
 /* Read every record waiting on SOCK. 1 if the holder's end is closed (EOF), 0 if not. */
-static int g_read(int sock)
+PQ_NO_TLS static int g_read(struct g_hold *H, int sock)
 {
     for (;;) {
         union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } ctl;
-        struct iovec iov = { rbuf, sizeof(rbuf) };
+        struct iovec iov = { g_rbuf, sizeof(g_rbuf) };
         struct msghdr mh;
         struct cmsghdr *c;
-        ssize_t n;
+        long n;
         int fd = -1;
 
         memset(&mh, 0, sizeof(mh));
@@ -634,30 +543,29 @@ static int g_read(int sock)
         mh.msg_iovlen = 1;
         mh.msg_control = ctl.buf;
         mh.msg_controllen = sizeof(ctl.buf);
-        n = recvmsg(sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        n = SYS(SYS_recvmsg, sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC, 0, 0, 0);
         if (n == 0)
             return 1;
         if (n < 0)
-            return errno == EAGAIN || errno == EINTR ? 0 : 1;
+            return n == -EAGAIN || n == -EINTR ? 0 : 1;
         for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
             if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
                 memcpy(&fd, CMSG_DATA(c), sizeof(int));
         if ((size_t)n < sizeof(struct g_rec)) {
             if (fd >= 0)
-                close(fd);
+                (void)SYS(SYS_close, fd, 0, 0, 0, 0, 0);
             continue;
         }
-        if (((const struct g_rec *)rbuf)->type == G_EXIT)
-            _exit(0);
-        g_apply((const struct g_rec *)rbuf, rbuf + sizeof(struct g_rec),
+        g_apply(H, (const struct g_rec *)g_rbuf, g_rbuf + sizeof(struct g_rec),
                 (size_t)n - sizeof(struct g_rec), fd);
     }
 }
 
 /* Release the holds whose max_hold has passed; tell the holder through EXPIRED. Returns
  * how long until the next deadline (ms), or -1 if none. */
-static int g_expire(volatile uint32_t *expired)
+PQ_NO_TLS static long g_expire(struct g_hold *H, volatile uint32_t *expired)
 {
+    struct pq_plan_result r;
     int64_t now = g_now_ms(), next = -1;
     int i;
 
@@ -669,87 +577,97 @@ static int g_expire(volatile uint32_t *expired)
         if (h->deadline_ms <= now) {
             /* Said first: the holder must not see the packets go before it can know why. */
             expired[i] = h->seq;
-            (void)g_phase(i, PH_RELEASE, NULL);
+            (void)pq_plan_phase(h->fd, &h->plan, PQ_PH_RELEASE, NULL, &r);
             h->armed = 0;
         } else if (next < 0 || h->deadline_ms - now < next) {
             next = h->deadline_ms - now;
         }
     }
-    return (int)next;
+    return (long)next;
 }
 
-static void guardian_main(int sock, pid_t holder)
+PQ_NO_TLS static int guardian_entry(void *unused)
 {
-    volatile uint32_t *expired = G.expired;
-    struct sigaction sa;
-    sigset_t none;
-    int sig, pidfd, null;
+    (void)unused;
+    guardian_main();
+}
 
-    /* Out of the holder's session (a kill of its process group does not reach us), with
-     * plain signal handling (the holder's handlers are not ours to run), no terminal
-     * signals and no holder fds but our own socket. */
-    (void)setsid();
+PQ_NO_TLS static void guardian_main(void)
+{
+    struct g_hold *H = g_args.holds;
+    volatile uint32_t *expired = g_args.expired;
+    pid_t holder = g_args.holder;
+    int sock = g_args.sock, sig, pidfd, null;
+    struct k_sigaction sa;
+    uint64_t none = 0;
+    struct g_rec ready;
+
+    /* Plain signal handling (the holder's handlers are not ours to run; SIGTERM, a kill
+     * of every process, must not stop our work), out of the holder's session (a kill of
+     * its process group does not reach us). */
     memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = SIG_DFL;
-    for (sig = 1; sig < NSIG; sig++)
-        (void)sigaction(sig, &sa, NULL);
-    sa.sa_handler = SIG_IGN;
-    (void)sigaction(SIGPIPE, &sa, NULL);
-    (void)sigaction(SIGINT, &sa, NULL);
-    (void)sigaction(SIGHUP, &sa, NULL);
-    (void)sigaction(SIGTERM, &sa, NULL); /* a kill of every process: finish our work first */
-    sigemptyset(&none);
-    (void)sigprocmask(SIG_SETMASK, &none, NULL);
-    (void)prctl(PR_SET_NAME, "plugqdisc-guard", 0, 0, 0);
+    for (sig = 1; sig <= 64; sig++) {
+        sa.handler = sig == SIGPIPE || sig == SIGINT || sig == SIGHUP || sig == SIGTERM
+                         ? SIG_IGN : SIG_DFL;
+        if (sig != SIGKILL && sig != SIGSTOP)
+            (void)SYS(SYS_rt_sigaction, sig, &sa, 0, 8, 0, 0);
+    }
+    (void)SYS(SYS_setsid, 0, 0, 0, 0, 0, 0);
+    /* No fd of the holder's but our socket (at 3), and /dev/null as 0, 1, 2. */
     if (sock != 3) {
-        (void)dup2(sock, 3);
+        (void)SYS(SYS_dup3, sock, 3, 0, 0, 0, 0);
         sock = 3;
     }
-    if (syscall(SYS_close_range, 4U, ~0U, 0U) < 0) {
+    if (SYS(SYS_close_range, 4, ~0U, 0, 0, 0, 0) < 0) {
         int fd;
 
-        for (fd = 4; fd < 4096; fd++)
-            (void)close(fd);
+        for (fd = 4; fd < 65536; fd++)
+            (void)SYS(SYS_close, fd, 0, 0, 0, 0, 0);
     }
-    null = open("/dev/null", O_RDWR);
+    null = (int)SYS(SYS_openat, AT_FDCWD, "/dev/null", O_RDWR, 0, 0, 0);
     if (null >= 0) {
-        (void)dup2(null, 0);
-        (void)dup2(null, 1);
-        (void)dup2(null, 2);
+        for (sig = 0; sig < 3; sig++)
+            if (null != sig)
+                (void)SYS(SYS_dup3, null, sig, 0, 0, 0, 0);
         if (null > 3)
-            (void)close(null);
+            (void)SYS(SYS_close, null, 0, 0, 0, 0, 0);
     }
-    (void)chdir("/");
-    pidfd = (int)syscall(SYS_pidfd_open, holder, 0);
-    {
-        /* Nothing of the holder's is held here any more: it may go on. */
-        struct g_rec ready;
+    /* Nothing of the holder's is held here any more: it may go on. */
+    memset(&ready, 0, sizeof(ready));
+    ready.type = G_READY;
+    (void)SYS(SYS_sendto, sock, &ready, sizeof(ready), MSG_NOSIGNAL, 0, 0);
 
-        memset(&ready, 0, sizeof(ready));
-        ready.type = G_READY;
-        (void)send(sock, &ready, sizeof(ready), MSG_NOSIGNAL);
-    }
-    if (getppid() != holder) {
+    (void)SYS(SYS_chdir, "/", 0, 0, 0, 0, 0);
+    (void)SYS(SYS_prctl, PR_SET_NAME, "plugqdisc-guard", 0, 0, 0, 0);
+    pidfd = (int)SYS(SYS_pidfd_open, holder, 0, 0, 0, 0, 0);
+    (void)SYS(SYS_rt_sigprocmask, SIG_SETMASK, &none, 0, 8, 0, 0);
+    if (SYS(SYS_getppid, 0, 0, 0, 0, 0, 0) != holder) {
         /* The holder is already gone: read what it managed to send, then undo it. */
-        (void)g_read(sock);
-        g_undo_all(expired);
+        (void)g_read(H, sock);
+        g_undo_all(H);
     }
-
     for (;;) {
         struct pollfd p[2] = { { sock, POLLIN, 0 }, { pidfd, POLLIN, 0 } };
-        int timeout = g_expire(expired), dead = 0;
+        long timeout = g_expire(H, expired);
+        struct timespec ts;
+        int dead = 0;
+        long n;
 
         if (pidfd < 0 && (timeout < 0 || timeout > 100))
             timeout = 100; /* no pidfd (old kernel): look at our parent ten times a second */
-        if (poll(p, pidfd >= 0 ? 2 : 1, timeout) < 0 && errno != EINTR)
+        ts.tv_sec = timeout / 1000;
+        ts.tv_nsec = (timeout % 1000) * 1000000L;
+        n = SYS(SYS_ppoll, p, pidfd >= 0 ? 2 : 1, timeout < 0 ? NULL : &ts, 0, 8, 0);
+        if (n < 0 && n != -EINTR)
             dead = 1;
-        if (p[0].revents)
-            dead |= g_read(sock);
-        if (pidfd >= 0 ? (p[1].revents != 0) : getppid() != holder)
+        if (n > 0 && p[0].revents)
+            dead |= g_read(H, sock);
+        if (pidfd >= 0 ? (n > 0 && p[1].revents != 0)
+                       : SYS(SYS_getppid, 0, 0, 0, 0, 0, 0) != holder)
             dead = 1;
         if (dead) {
-            (void)g_read(sock); /* records sent just before the end still count */
-            g_undo_all(expired);
+            (void)g_read(H, sock); /* records sent just before the end still count */
+            g_undo_all(H);
         }
     }
 }

@@ -142,9 +142,10 @@ int pq_set_hold(struct plug_qdisc *q, int ingress, const struct pq_term *terms, 
 
 /* The guardian (guard.c). ON: from the next attach, the hold is registered with this
  * process's guardian, a helper process that releases it (and removes what attach
- * created, once drained) when this process dies, however it dies. MAX_HOLD_MS > 0: the
- * guardian also releases a hold (buffer to release) that lasts longer, even while this
- * process is stopped. Before the first attach: -EISCONN after. 0 or -EINVAL. */
+ * created, once drained) when this process dies, however it dies. The guardian starts at
+ * the first guarded attach of a process and stays until the process exits. MAX_HOLD_MS
+ * > 0: the guardian also releases a hold (buffer to release) that lasts longer, even
+ * while this process is stopped. Before the first attach: -EISCONN after. 0 or -EINVAL. */
 int pq_set_guard(struct plug_qdisc *q, int on, uint32_t max_hold_ms);
 /* 1 if the guardian released the current hold because it passed max_hold. */
 int pq_hold_expired(const struct plug_qdisc *q);
@@ -221,6 +222,21 @@ struct pq_dump {
 int pq_dump(int netns_fd, struct pq_dump *out, struct pq_error *e);
 /* Free what pq_dump filled in (and zero it); a zeroed OUT is fine. */
 void pq_dump_free(struct pq_dump *out);
+
+/* ---- cleanup: a dead holder's hold ---- */
+
+/* What a hold is: a plug at PARENT of the device; a selective hold (the plug in band 2 of
+ * the prio PQ_TREE_HANDLE at the root); an ingress hold (the plug at the root of the ifb
+ * PQ_IFB_PREFIX<ifindex>, with the device's ingress qdisc). */
+enum pq_mode { PQ_MODE_PLAIN = 0, PQ_MODE_MATCH = 1, PQ_MODE_INGRESS = 2 };
+
+/* Adopt the hold of MODE on device IFINDEX (PARENT: a plain plug's parent) whose plug has
+ * HANDLE, in the namespace NETNS_FD (-1: the calling thread's), and remove it with the
+ * same plan a detach runs: release, stop the diversion, wait up to TIMEOUT_MS for the
+ * drain, remove (the ingress qdisc only if the device's egress holds nothing: -EBUSY
+ * otherwise). 0 or -errno with the facts in E. */
+int pq_remove_hold(int netns_fd, int ifindex, enum pq_mode mode, uint32_t parent,
+                   uint32_t handle, int timeout_ms, struct pq_error *e);
 
 /* The HAProxy-compatible attach with the place already parsed (what plug_qdisc_attach
  * calls after pq_parse_handle). 0 or -errno. */

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import glob
 import os
 import shutil
 import subprocess
@@ -251,9 +252,10 @@ def run_c_test(name: str, under: Sequence[str] = ()) -> str:
         exe = os.path.join(d, name)
         sh(cc, "-std=gnu11", "-Wall", "-Werror", "-I", os.path.join(ROOT, "csrc"),
            os.path.join(ROOT, "tests", "c", name + ".c"),
-           os.path.join(ROOT, "csrc", "plug_qdisc.c"), os.path.join(ROOT, "csrc", "tree.c"),
-           os.path.join(ROOT, "csrc", "guard.c"), os.path.join(ROOT, "csrc", "dump.c"),
-           "-o", exe, *flags)
+           *sorted(glob.glob(os.path.join(ROOT, "csrc", "*.c"))[:0] or
+                   [c for c in sorted(glob.glob(os.path.join(ROOT, "csrc", "*.c")))
+                    if not c.endswith("module.c")]),
+           "-Wl,-z,now", "-o", exe, *flags)
         p = subprocess.run([*under, exe], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "FAIL" not in p.stdout

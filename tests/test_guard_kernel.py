@@ -218,8 +218,10 @@ def test_without_expiry_a_hold_lasts() -> None:
 
 # ---- the guardian's life -----------------------------------------------------------------
 
-def test_one_guardian_per_process_reaped_after_the_last_detach() -> None:
-    """In a fresh process (a forked child starts with no guardian of its own)."""
+def test_one_guardian_per_process_kept_until_the_process_exits() -> None:
+    """In a fresh process (a forked child starts with no guardian of its own): the first
+    guarded attach starts it; later holds, even after the last detach, use the same one;
+    the holder's own wait() never sees it; it goes when the holder exits."""
 
     def holder(w: int) -> None:
         out: Dict[str, Any] = {"at_start": guardian_pid()}
@@ -235,14 +237,26 @@ def test_one_guardian_per_process_reaped_after_the_last_detach() -> None:
         new = set(os.listdir("/proc/self/fd")) - fds_before
         out["inheritable"] = [fd for fd in new if os.path.exists("/proc/self/fd/" + fd)
                               and os.get_inheritable(int(fd))]
-        out["guardian_fds"] = sorted(os.listdir("/proc/%d/fd" % g))
+        # It reads what attach handed it when it next runs: give it that moment.
+        deadline = time.monotonic() + 2
+        while len(os.listdir("/proc/%d/fd" % g)) < 7 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        out["guardian_fds"] = sorted(os.listdir("/proc/%d/fd" % g), key=int)
         with open("/proc/%d/comm" % g) as f:
             out["comm"] = f.read().strip()
         a.detach()
         out["after_one"] = guardian_pid() == g
         b.detach()
-        out["after_last"] = guardian_pid()
-        out["reaped"] = gone(g, 1.0)
+        out["after_last"] = guardian_pid() == g and not gone(g, 0.2)
+        with PlugQdisc("lo") as c:
+            c.buffer()
+            out["reused"] = guardian_pid() == g
+        try:
+            os.wait()  # no child of ours but the guardian, which the holder's wait ignores
+            out["wait"] = "a child was reaped"
+        except ChildProcessError:
+            out["wait"] = "ECHILD"
+        out["guardian"] = g
         report(w, **out)
 
     pid, r = fork_holder(holder)
@@ -254,7 +268,9 @@ def test_one_guardian_per_process_reaped_after_the_last_detach() -> None:
     # stdio, its end of the pair, the holder's pidfd, a netlink socket a hold
     assert out["guardian_fds"] == ["0", "1", "2", "3", "4", "5", "6"], out["guardian_fds"]
     assert out["comm"] == "plugqdisc-guard"
-    assert out["after_last"] == 0 and out["reaped"]  # reaped by the holder: no zombie
+    assert out["after_last"] and out["reused"]
+    assert out["wait"] == "ECHILD"
+    assert gone(out["guardian"], 1.0)  # the holder exited: so did its guardian
 
 
 def test_a_forked_child_that_holds_is_guarded_in_its_own_right() -> None:

@@ -1,0 +1,327 @@
+/*
+ * plan.c - a hold's undo plan (see plan.h): written with libnl's message builders at
+ * attach, run with raw system calls by whoever undoes the hold.
+ *
+ * The runner is async-signal-safe and touches no thread-local state (sys.h): the guardian
+ * runs it in a child that shares the holder's memory. It keeps its buffers on the stack.
+ */
+#define _GNU_SOURCE
+#include "plan.h"
+#include "sys.h"
+
+#include <poll.h>
+#include <string.h>
+#include <time.h>
+#include <sys/socket.h>
+#include <linux/gen_stats.h>
+#include <linux/if_link.h>
+#include <linux/netlink.h>
+#include <linux/pkt_sched.h>
+#include <linux/rtnetlink.h>
+
+#define PQ_REPLY_MS 2000        /* how long to wait for the kernel's answer to one message */
+#define PQ_MSG_MAX 1024         /* the longest message a plan holds */
+#define PQ_EGRESS_MS 200        /* packets just released are given this long to leave */
+
+#define STEP_SIZE(len) (sizeof(struct pq_plan_step) + NLMSG_ALIGN(len))
+
+void pq_plan_init(struct pq_plan *p, uint32_t expect)
+{
+    p->len = 0;
+    p->expect = expect;
+}
+
+int pq_plan_add(struct pq_plan *p, enum pq_phase phase, unsigned flags, struct nl_msg *msg)
+{
+    struct nlmsghdr *h;
+    struct pq_plan_step st;
+
+    if (!msg)
+        return -ENOMEM;
+    h = nlmsg_hdr(msg);
+    if (h->nlmsg_len > PQ_MSG_MAX || p->len + STEP_SIZE(h->nlmsg_len) > PQ_PLAN_MAX) {
+        nlmsg_free(msg);
+        return -ENOSPC;
+    }
+    st.phase = (uint16_t)phase;
+    st.flags = (uint16_t)flags;
+    st.len = h->nlmsg_len;
+    memcpy(p->buf + p->len, &st, sizeof(st));
+    memcpy(p->buf + p->len + sizeof(st), h, h->nlmsg_len);
+    p->len += (uint32_t)STEP_SIZE(h->nlmsg_len);
+    nlmsg_free(msg);
+    return 0;
+}
+
+/* The step at OFF of P, or NULL past the end (or a step that does not fit). */
+static const struct pq_plan_step *step_at(const struct pq_plan *p, uint32_t off)
+{
+    const struct pq_plan_step *st = (const struct pq_plan_step *)(p->buf + off);
+
+    if (off + sizeof(*st) > p->len || off + STEP_SIZE(st->len) > p->len ||
+        st->len < NLMSG_HDRLEN || st->len > PQ_MSG_MAX)
+        return NULL;
+    return st;
+}
+
+PQ_NO_TLS int pq_plan_has(const struct pq_plan *p, enum pq_phase phase)
+{
+    const struct pq_plan_step *st;
+    uint32_t off;
+
+    for (off = 0; (st = step_at(p, off)); off += (uint32_t)STEP_SIZE(st->len))
+        if (st->phase == phase)
+            return 1;
+    return 0;
+}
+
+void pq_plan_prefix(struct pq_plan *dst, const struct pq_plan *src, enum pq_phase upto)
+{
+    const struct pq_plan_step *st;
+    uint32_t off;
+
+    pq_plan_init(dst, src->expect);
+    for (off = 0; (st = step_at(src, off)); off += (uint32_t)STEP_SIZE(st->len)) {
+        if (st->phase >= upto)
+            continue;
+        memcpy(dst->buf + dst->len, st, STEP_SIZE(st->len));
+        dst->len += (uint32_t)STEP_SIZE(st->len);
+    }
+}
+
+/* ---- the runner: raw syscalls only --------------------------------------------------- */
+
+PQ_NO_TLS static int64_t now_ms(void)
+{
+    struct timespec ts = { 0, 0 };
+
+    (void)PQ_SYS(SYS_clock_gettime, CLOCK_MONOTONIC, &ts, 0, 0, 0, 0);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+PQ_NO_TLS static void sleep_ms(long ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+
+    while (PQ_SYS(SYS_nanosleep, &ts, &ts, 0, 0, 0, 0) == -EINTR)
+        ;
+}
+
+/* The queue length in an RTM_NEWQDISC (TCA_STATS2/TCA_STATS_QUEUE, else TCA_STATS). */
+PQ_NO_TLS static uint64_t qdisc_qlen(const struct nlmsghdr *h)
+{
+    const struct tcmsg *tcm = NLMSG_DATA(h);
+    const struct rtattr *a = (const struct rtattr *)((const char *)tcm + NLMSG_ALIGN(sizeof(*tcm)));
+    int len = (int)h->nlmsg_len - NLMSG_LENGTH(sizeof(*tcm));
+
+    for (; RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+        if (a->rta_type == TCA_STATS2) {
+            const struct rtattr *b = RTA_DATA(a);
+            int blen = (int)RTA_PAYLOAD(a);
+
+            for (; RTA_OK(b, blen); b = RTA_NEXT(b, blen))
+                if (b->rta_type == TCA_STATS_QUEUE &&
+                    RTA_PAYLOAD(b) >= sizeof(struct gnet_stats_queue)) {
+                    struct gnet_stats_queue q;
+
+                    memcpy(&q, RTA_DATA(b), sizeof(q));
+                    return q.qlen;
+                }
+        } else if (a->rta_type == TCA_STATS && RTA_PAYLOAD(a) >= sizeof(struct tc_stats)) {
+            struct tc_stats s;
+
+            memcpy(&s, RTA_DATA(a), sizeof(s));
+            return s.qlen;
+        }
+    }
+    return 0;
+}
+
+/* Packets an ifb has taken from its qdisc and not handed back yet, from its RTM_NEWLINK:
+ * ifb counts what it takes as rx (dropping at once, as rx_dropped, what was not redirected
+ * to it, such as its own IPv6 chatter), what it re-injects as tx. */
+PQ_NO_TLS static uint64_t ifb_in_flight(const struct nlmsghdr *h)
+{
+    const struct ifinfomsg *ifi = NLMSG_DATA(h);
+    const struct rtattr *a = (const struct rtattr *)((const char *)ifi + NLMSG_ALIGN(sizeof(*ifi)));
+    int len = (int)h->nlmsg_len - NLMSG_LENGTH(sizeof(*ifi));
+
+    for (; RTA_OK(a, len); a = RTA_NEXT(a, len)) {
+        if (a->rta_type == IFLA_STATS64 && RTA_PAYLOAD(a) >= sizeof(struct rtnl_link_stats64)) {
+            struct rtnl_link_stats64 st;
+            uint64_t done;
+
+            memcpy(&st, RTA_DATA(a), sizeof(st)); /* 4-byte aligned in the message */
+            done = st.tx_packets + st.tx_dropped + st.rx_dropped;
+            return st.rx_packets > done ? st.rx_packets - done : 0;
+        }
+    }
+    return 0;
+}
+
+/* Copy the kernel's extended-ack text of the error H into R. */
+PQ_NO_TLS static void keep_extack(const struct nlmsghdr *h, struct pq_plan_result *r)
+{
+    const struct nlmsgerr *e = NLMSG_DATA(h);
+    size_t skip = sizeof(*e);
+    long len;
+    const struct nlattr *a;
+
+    r->kernel[0] = '\0';
+    if (!(h->nlmsg_flags & NLM_F_ACK_TLVS))
+        return;
+    if (!(h->nlmsg_flags & NLM_F_CAPPED))
+        skip += NLMSG_ALIGN(e->msg.nlmsg_len) - NLMSG_HDRLEN;
+    len = (long)h->nlmsg_len - (long)NLMSG_HDRLEN - (long)skip;
+    a = (const struct nlattr *)((const char *)e + skip);
+    while (len >= (long)NLA_HDRLEN && a->nla_len >= NLA_HDRLEN && (long)a->nla_len <= len) {
+        if ((a->nla_type & NLA_TYPE_MASK) == NLMSGERR_ATTR_MSG) {
+            size_t n = a->nla_len - NLA_HDRLEN;
+
+            if (n > sizeof(r->kernel) - 1)
+                n = sizeof(r->kernel) - 1;
+            memcpy(r->kernel, (const char *)a + NLA_HDRLEN, n);
+            r->kernel[n] = '\0';
+            while (n > 0 && (r->kernel[n - 1] == '\0' || r->kernel[n - 1] == '\n' ||
+                             r->kernel[n - 1] == ' '))
+                r->kernel[--n] = '\0';
+            return;
+        }
+        len -= NLA_ALIGN(a->nla_len);
+        a = (const struct nlattr *)((const char *)a + NLA_ALIGN(a->nla_len));
+    }
+}
+
+/* Send the message M (LEN bytes) of a step in PHASE and wait for its answer. 0 or -errno;
+ * what the replies show still held is added to *HELD. */
+PQ_NO_TLS static int exchange(int fd, const void *m, uint32_t len, enum pq_phase phase,
+                              uint32_t expect, uint64_t *held, uint32_t seq,
+                              struct pq_plan_result *r)
+{
+    struct sockaddr_nl kernel;
+    union { struct nlmsghdr h; unsigned char b[PQ_MSG_MAX]; } out;
+    union { struct nlmsghdr h; unsigned char b[16384]; } in;
+    int64_t deadline = now_ms() + PQ_REPLY_MS;
+    long n;
+
+    memset(&kernel, 0, sizeof(kernel));
+    kernel.nl_family = AF_NETLINK;
+    memcpy(out.b, m, len);
+    out.h.nlmsg_seq = seq;
+    out.h.nlmsg_pid = 0;
+    out.h.nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
+    n = PQ_SYS(SYS_sendto, fd, out.b, len, 0, &kernel, sizeof(kernel));
+    if (n < 0)
+        return (int)n;
+    for (;;) {
+        struct pollfd p = { fd, POLLIN, 0 };
+        int64_t left = deadline - now_ms();
+        struct timespec ts = { left / 1000, (left % 1000) * 1000000L };
+        struct nlmsghdr *h;
+
+        if (left <= 0)
+            return -ETIMEDOUT;
+        n = PQ_SYS(SYS_ppoll, &p, 1, &ts, 0, 0, 0);
+        if (n == -EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? (int)n : -ETIMEDOUT;
+        n = PQ_SYS(SYS_recvfrom, fd, in.b, sizeof(in.b), MSG_DONTWAIT, 0, 0);
+        if (n == -EINTR || n == -EAGAIN)
+            continue;
+        if (n < 0)
+            return (int)n;
+        for (h = &in.h; NLMSG_OK(h, (unsigned long)n); h = NLMSG_NEXT(h, n)) {
+            if (h->nlmsg_seq != seq)
+                continue;       /* a late answer to an earlier request */
+            if (h->nlmsg_type == NLMSG_ERROR) {
+                int err = ((struct nlmsgerr *)NLMSG_DATA(h))->error;
+
+                if (err < 0)
+                    keep_extack(h, r);
+                return err;
+            }
+            if (h->nlmsg_type == RTM_NEWQDISC && held) {
+                const struct tcmsg *tcm = NLMSG_DATA(h);
+
+                /* Someone else's qdisc in our plug's place: ours is gone. */
+                if (phase == PQ_PH_PROBE && expect && tcm->tcm_handle != expect)
+                    return -ENOENT;
+                *held += qdisc_qlen(h);
+            }
+            if (h->nlmsg_type == RTM_NEWLINK && held)
+                *held += ifb_in_flight(h);
+        }
+    }
+}
+
+PQ_NO_TLS int pq_plan_phase(int fd, const struct pq_plan *p, enum pq_phase phase,
+                            uint64_t *held, struct pq_plan_result *r)
+{
+    const struct pq_plan_step *st;
+    uint32_t off, seq = (uint32_t)now_ms() * 64u;
+    int first = 0;
+
+    for (off = 0; (st = step_at(p, off)); off += (uint32_t)STEP_SIZE(st->len)) {
+        int err;
+
+        if (st->phase != phase)
+            continue;
+        err = exchange(fd, st + 1, st->len, phase, p->expect, held, ++seq, r);
+        if ((st->flags & PQ_PF_GONE_OK) &&
+            (err == -ENOENT || err == -EINVAL || err == -ENODEV)) {
+            r->kernel[0] = '\0';
+            err = 0;
+        }
+        if (err < 0 && first == 0)
+            first = err;
+    }
+    return first;
+}
+
+/* Fail R at PHASE with ERR; returns ERR. */
+PQ_NO_TLS static int failed(struct pq_plan_result *r, enum pq_phase phase, int err)
+{
+    r->err = err;
+    r->phase = phase;
+    return err;
+}
+
+PQ_NO_TLS int pq_plan_run(int fd, const struct pq_plan *p, enum pq_phase from, int timeout_ms,
+                          struct pq_plan_result *r)
+{
+    int64_t start = now_ms();
+    int ph, err;
+
+    r->err = 0;
+    r->phase = from;
+    r->held = 0;
+    r->waited_ms = 0;
+    r->kernel[0] = '\0';
+    for (ph = (int)from; ph < PQ_PH_COUNT; ph++) {
+        int64_t deadline = now_ms() + (ph == PQ_PH_PROBE ? (timeout_ms > 0 ? timeout_ms : 0)
+                                                         : PQ_EGRESS_MS);
+
+        if (ph != PQ_PH_PROBE && ph != PQ_PH_EGRESS) {
+            if ((err = pq_plan_phase(fd, p, (enum pq_phase)ph, NULL, r)) < 0)
+                return failed(r, (enum pq_phase)ph, err);
+            continue;
+        }
+        /* Ask again until nothing is held, or the wait ends. */
+        for (;;) {
+            uint64_t held = 0;
+
+            if ((err = pq_plan_phase(fd, p, (enum pq_phase)ph, &held, r)) < 0)
+                return failed(r, (enum pq_phase)ph, err);
+            if (held == 0)
+                break;
+            if (now_ms() >= deadline) {
+                r->held = held;
+                r->waited_ms = (uint32_t)(now_ms() - start);
+                return failed(r, (enum pq_phase)ph, ph == PQ_PH_PROBE ? -ETIMEDOUT : -EBUSY);
+            }
+            sleep_ms(1);
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,45 @@
+/*
+ * tree.h - what a selective or an ingress hold builds around the plug, over the netlink
+ * layer: the prio qdisc and its filters (egress), the ifb, the ingress qdisc and its
+ * redirecting filters (ingress), and their part of a hold's undo plan. Each failure
+ * records its step (and the kind it concerns) in the socket's error record.
+ */
+#ifndef PQ_TREE_H
+#define PQ_TREE_H
+
+#include <stdint.h>
+
+#include "nl.h"
+#include "plan.h"
+
+#define PQ_INGRESS_HANDLE 0xFFFF0000u   /* "ffff:" */
+
+/* Take the place PARENT of IFINDEX: free (nothing, or the kernel's default) goes ahead;
+ * another qdisc is -EEXIST (step OCCUPIED, found_*) unless REPLACE, which deletes it
+ * (step REMOVE_OTHER). 0 or -errno. */
+int pq_tree_take_place(struct pq_nl *nl, int ifindex, uint32_t parent, int replace);
+/* The prio qdisc PQ_TREE_HANDLE at the root of IFINDEX: 2 bands, every priority to band 0
+ * (step TREE). 0 or -errno. */
+int pq_tree_add_prio(struct pq_nl *nl, int ifindex);
+/* One filter a term at PARENT of IFINDEX (a matchall if NTERMS is 0), sending what it
+ * selects to CLASSID (egress) or redirecting it to the ifb REDIRECT (ingress, an ifindex).
+ * 0 or -errno (step FILTER, found_kind the classifier). */
+int pq_tree_add_filters(struct pq_nl *nl, int ifindex, uint32_t parent,
+                        const struct pq_term *terms, int nterms, uint32_t classid,
+                        int redirect);
+/* Create the ifb NAME, up; one left behind is -EEXIST unless REPLACE, which deletes it.
+ * Its ifindex in *IFINDEX. 0 or -errno (step IFB). */
+int pq_tree_make_ifb(struct pq_nl *nl, const char *name, int replace, int *ifindex);
+/* The ingress qdisc of IFINDEX (step INGRESS). 0 or -errno. */
+int pq_tree_add_ingress(struct pq_nl *nl, int ifindex);
+/* Whether IFINDEX's egress (its root qdisc) holds packets, given 200 ms to let go of
+ * what was just released: 1 (how many in e->held), 0, or -errno. Adding or deleting an
+ * ingress qdisc makes the kernel reset the device's egress, purging what it holds. */
+int pq_tree_egress_held(struct pq_nl *nl, int ifindex);
+/* The tree's part of a plan: stop the diversion (flush the filters of the prio, or of
+ * the ingress qdisc); at ingress, ask what the ifb still has on its way; remove the prio
+ * (with its plug) or the ifb NAME (with its plug); at ingress, ask what the egress holds
+ * and then delete the ingress qdisc. 0 or -errno. */
+int pq_tree_plan(struct pq_plan *p, int ifindex, int ingress, const char *ifb_name);
+
+#endif
