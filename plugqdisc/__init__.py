@@ -42,8 +42,8 @@ except ImportError as e:  # say what to do (a source tree hiding the installed p
 from . import _guard, _registry
 from ._match import Match, terms_of
 from ._errors import (DeviceNotFoundError, KernelSupportError, ParentNotFoundError,
-                      PlugQdiscError, PlugQdiscPermissionError, not_attached_default,
-                      optional_number, translate)
+                      PlugQdiscError, PlugQdiscPermissionError, handle_text,
+                      not_attached_default, optional_number, translate)
 
 __all__ = [
     "Match",
@@ -152,17 +152,18 @@ def _check_netns(netns: Netns) -> None:
         raise ValueError("netns name or path must be non-empty and free of NUL bytes")
 
 
-def _check_mode(direction: str, match: MatchArg, parent: str, handle: str) -> bool:
-    """Whether the hold is at ingress; refuses what a selective or ingress hold cannot do."""
+def _check_mode(direction: str, match: MatchArg, parent: str, handle: int) -> bool:
+    """Whether the hold is at ingress; refuses what a selective or ingress hold cannot do.
+    HANDLE is the plug's, parsed: compared by value, as the C core compares it."""
     if direction not in ("egress", "ingress"):
         raise ValueError("direction must be 'egress' (what the device sends) or 'ingress' "
                          "(what it receives), not %r" % (direction,))
     if (match is not None or direction == "ingress") and parent != "root":
         raise ValueError("parent=%r: a selective or ingress hold builds its own tree at the "
                          "device's root (or ingress); leave parent='root'" % (parent,))
-    if match is not None and direction == "egress" and handle == "fffe:":
-        raise ValueError("handle 'fffe:' is the selective hold's own prio qdisc: choose "
-                         "another handle for the plug")
+    if match is not None and handle == _plugqdisc.TREE_HANDLE:
+        raise ValueError("handle %s is the selective hold's own prio qdisc: choose another "
+                         "handle for the plug" % handle_text(_plugqdisc.TREE_HANDLE))
     return direction == "ingress"
 
 
@@ -205,7 +206,7 @@ class PlugQdisc(_plugqdisc.Qdisc):
         nbytes = _check_limit(limit)
         _check_netns(netns)
         terms = terms_of(match)
-        ingress = _check_mode(direction, match, parent, handle)
+        ingress = _check_mode(direction, match, parent, handle_id)
         hold_ms = _guard.max_hold_ms(max_hold, guard)
         self._parent = parent
         self._handle = handle
@@ -215,9 +216,12 @@ class PlugQdisc(_plugqdisc.Qdisc):
         self._max_hold = max_hold
         self._record: Optional[str] = None  # the registry's record of what we created
         super().__init__(device, parent_id, handle_id, nbytes)
-        if terms or ingress:
-            self._set_hold(ingress, terms)
-        self._set_guard(guard, hold_ms)
+        try:
+            if terms or ingress:
+                self._set_hold(ingress, terms)
+            self._set_guard(guard, hold_ms)
+        except OSError as e:  # the C core's own checks: the same words as every call
+            raise self._failed(e, "PlugQdisc()") from None
 
     def __repr__(self) -> str:
         state = ("closed" if self.closed else "detached" if not self.attached

@@ -186,6 +186,11 @@ def test_a_match_is_immutable_hashable_and_readable() -> None:
     ({"direction": "ingress", "parent": "1:1"}, ValueError, "leave parent='root'"),
     ({"match": plugqdisc.Match(proto="udp"), "parent": "1:1"}, ValueError, "parent='root'"),
     ({"match": plugqdisc.Match(proto="udp"), "handle": "fffe:"}, ValueError, "fffe:"),
+    # the same handle however it is written (it is compared by value, as C compares it)
+    ({"match": plugqdisc.Match(proto="udp"), "handle": "FFFE:"}, ValueError, "fffe:"),
+    ({"match": plugqdisc.Match(proto="udp"), "handle": "fffe:0"}, ValueError, "fffe:"),
+    ({"match": plugqdisc.Match(proto="udp"), "handle": "FFFE:0", "direction": "ingress"},
+     ValueError, "fffe:"),
     ({"match": []}, ValueError, "match=[]"),
     ({"match": ["udp"]}, TypeError, "Match objects"),
     ({"match": "udp"}, TypeError, "match must be a Match"),
