@@ -54,8 +54,10 @@ def handle_text(h: int) -> str:
     return "%x:%x" % (major, minor) if minor else "%x:" % major
 
 
-# What each step of the C core is, in the user's words.
+# What each step of the C core (_plugqdisc.STEPS) is, in the user's words; "" for the
+# steps whose message needs none (tests/test_api.py lists them, with the reason).
 _STEP_WORDS: Dict[str, str] = {
+    "none": "",
     "check_arguments": "checking the arguments",
     "not_attached": "",
     "enter_netns": "entering the network namespace",
@@ -76,6 +78,7 @@ _STEP_WORDS: Dict[str, str] = {
     "make_ingress": "creating the ingress qdisc",
     "add_filter": "adding the {found} filter that selects what to hold",
     "undo": "removing what the hold added",
+    "guard": "handing the hold to its guardian (the process that releases it if this one dies)",
     "dump": "listing the qdiscs and links",
 }
 

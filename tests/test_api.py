@@ -250,3 +250,32 @@ def test_module_level_attach_takes_limit_none_like_the_class() -> None:
         plugqdisc.attach("lo", limit=None)  # on this host's kernel: no sch_plug, or no root
     except plugqdisc.PlugQdiscError:
         pass  # the kernel's answer, after the arguments were accepted
+
+
+# ---- every step the C core can report has words in the messages ----
+
+#: Steps whose message deliberately says no "while ...", and why.
+WORDLESS = {
+    "none": "the step of no failure: nothing failed, there is nothing to say",
+    "not_attached": "the advice says it all (call attach() first), or the message replays "
+                    "the failed attach's own step",
+}
+
+
+@pytest.mark.parametrize("step", plugqdisc._plugqdisc.STEPS)
+def test_every_step_of_the_c_core_has_words(step: str) -> None:
+    from plugqdisc._errors import _STEP_WORDS, translate
+    assert step in _STEP_WORDS, "no words for the C core's step %r in _errors._STEP_WORDS" % step
+    e = OSError(errno.EINVAL, "Invalid argument")
+    e.step = step  # type: ignore[attr-defined]
+    msg = str(translate(e, "attach", "'lo'"))
+    if step in WORDLESS:
+        assert _STEP_WORDS[step] == "" and " while " not in msg, msg
+    else:
+        assert _STEP_WORDS[step] and "{" not in msg and " while %s:" % step not in msg, msg
+
+
+def test_the_words_name_only_steps_the_c_core_has() -> None:
+    from plugqdisc._errors import _STEP_WORDS
+    assert set(_STEP_WORDS) == set(plugqdisc._plugqdisc.STEPS)
+    assert set(WORDLESS) <= set(plugqdisc._plugqdisc.STEPS)
