@@ -18,7 +18,8 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from . import Match, Netns, PlugQdisc, _netns_path, _plugqdisc, _registry
 from ._errors import handle_text
-from ._registry import IFB_PREFIX, ROOT, TREE_HANDLE, TREE_PLUG_CLASS, Record
+from ._plugqdisc import IFB_PREFIX, TREE_HANDLE, TREE_PLUG_CLASS
+from ._registry import ROOT, Record
 
 #: How long a released hold may take to drain before cleanup gives up on it.
 DRAIN_TIMEOUT = 5.0
@@ -152,7 +153,7 @@ class Inventory:
             if (q.kind == "prio" and q.handle == TREE_HANDLE and q.parent == ROOT
                     and not any(r.ifindex == q.ifindex and r.mode == "match"
                                 for r in self.records)):
-                out.append("the match tree (prio fffe:) on %s" % name)
+                out.append("the match tree (prio %s) on %s" % (handle_text(TREE_HANDLE), name))
         for i, name in self.names.items():
             if not (name.startswith(IFB_PREFIX) and self.kinds.get(i) == "ifb"):
                 continue

@@ -26,15 +26,10 @@ from . import _plugqdisc
 
 #: Where the records live (a tmpfs: they vanish with the boot, as the qdiscs do).
 RUN_DIR = "/run/plugqdisc"
-#: The match tree's prio qdisc, and the class of its band that has the plug.
-TREE_HANDLE = 0xFFFE0000
-TREE_PLUG_CLASS = 0xFFFE0002
 ROOT = 0xFFFFFFFF
 #: getsockopt(SOL_SOCKET, SO_NETNS_COOKIE) (Linux 5.14): the namespace's 64-bit cookie.
 SO_NETNS_COOKIE = 71
 _THREAD_NS = "/proc/thread-self/ns/net"
-#: An ingress hold's ifb is this prefix and the held device's ifindex.
-IFB_PREFIX = "pqifb"
 
 
 class Record(NamedTuple):
@@ -89,7 +84,7 @@ def mode_of(q: Any) -> Tuple[str, int]:
     if q.direction == "ingress":
         return "ingress", ROOT
     if q.match is not None:
-        return "match", TREE_PLUG_CLASS
+        return "match", _plugqdisc.TREE_PLUG_CLASS
     return "plain", int(_plugqdisc.parse_handle(q.parent) or 0)
 
 
