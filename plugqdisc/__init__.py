@@ -42,8 +42,9 @@ except ImportError as e:  # say what to do (a source tree hiding the installed p
 from . import _guard, _registry
 from ._match import Match, terms_of
 from ._errors import (DeviceNotFoundError, KernelSupportError, ParentNotFoundError,
-                      PlugQdiscError, PlugQdiscPermissionError, handle_text,
-                      not_attached_default, optional_number, translate)
+                      PlugQdiscError, PlugQdiscPermissionError, not_attached_default,
+                      translate)
+from ._util import Netns, add_note, handle_text, open_netns, seconds
 
 __all__ = [
     "Match",
@@ -60,7 +61,6 @@ __all__ = [
     "PlugQdiscPermissionError",
 ]
 
-Netns = Union[str, "os.PathLike[str]", int, None]
 MatchArg = Union[Match, Sequence[Match], None]
 
 #: How long detach() waits for released packets to leave before deleting, by default.
@@ -167,12 +167,6 @@ def _check_mode(direction: str, match: MatchArg, parent: str, handle: int) -> bo
     return direction == "ingress"
 
 
-def _netns_path(netns: Union[str, "os.PathLike[str]"]) -> str:
-    path = os.fspath(netns)
-    # A name as `ip netns` knows it; anything with a '/' is a path, never joined.
-    return path if "/" in path else os.path.join("/run/netns", path)
-
-
 class PlugQdisc(_plugqdisc.Qdisc):
     """A plug qdisc on one device, at one place (``parent``, ``handle``).
 
@@ -250,17 +244,9 @@ class PlugQdisc(_plugqdisc.Qdisc):
     def _netns_fd(self) -> "tuple[int, bool]":
         """(fd of the namespace to work in or -1, whether we opened it), for the first
         attach only."""
-        if self._netns is None or self.connected or self.closed:
+        if self.connected or self.closed:
             return -1, False
-        if isinstance(self._netns, int):
-            return self._netns, False
-        path = _netns_path(self._netns)
-        try:
-            return os.open(path, os.O_RDONLY | os.O_CLOEXEC), True
-        except FileNotFoundError as e:
-            raise FileNotFoundError(
-                e.errno, "no network namespace at %s: create it with `ip netns add NAME` "
-                "or pass a path or an open fd" % path, path) from None
+        return open_netns(self._netns)
 
     def attach(self, *, replace: bool = False) -> "PlugQdisc":
         """Create the plug qdisc (or adopt the plug qdisc with our handle already
@@ -327,7 +313,7 @@ class PlugQdisc(_plugqdisc.Qdisc):
             raise TypeError("packets must be an int, not %s" % type(packets).__name__)
         if packets < 0:
             raise ValueError("packets must be >= 0, not %d" % packets)
-        limit = optional_number(timeout, "timeout")
+        limit = seconds(timeout, "timeout")
         deadline = None if limit is None else time.monotonic() + limit
         pause = 0.0005
         while True:
@@ -345,7 +331,7 @@ class PlugQdisc(_plugqdisc.Qdisc):
         for the backlog to drain, then delete the qdisc. Nothing held is lost: if it
         does not drain, the qdisc is left in place passing traffic and
         PlugQdiscError (ETIMEDOUT) is raised."""
-        limit = optional_number(timeout, "timeout")
+        limit = seconds(timeout, "timeout")
         ms = _MAX_WAIT_MS if limit is None else min(int(limit * 1000), _MAX_WAIT_MS)
         try:
             self._detach(ms)
@@ -423,7 +409,7 @@ def _finish_after(q: PlugQdisc, exc: Optional[BaseException]) -> None:
     except BaseException as cleanup:
         if exc is None:
             raise
-        _guard.add_note(exc, "plugqdisc: cleaning up %r after this error also failed: %s: %s"
+        add_note(exc, "plugqdisc: cleaning up %r after this error also failed: %s: %s"
                         % (q, type(cleanup).__name__, cleanup))
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from typing import Dict, Optional, Tuple, Type
+from typing import Dict, Tuple, Type
+
+from ._util import handle_text
 
 LAB_HINT = "python -m plugqdisc.lab -- CMD (a User-Mode Linux kernel with sch_plug)"
 
@@ -44,14 +46,6 @@ class ParentNotFoundError(PlugQdiscError):
 class PlugQdiscPermissionError(PlugQdiscError, PermissionError):
     """The caller lacks a capability: ``CAP_NET_ADMIN`` in the device's network
     namespace, or ``CAP_SYS_ADMIN`` to enter another namespace."""
-
-
-def handle_text(h: int) -> str:
-    """A tc handle as tc writes it: ``root``, ``1:``, ``1:2``."""
-    if h == 0xFFFFFFFF:
-        return "root"
-    major, minor = h >> 16, h & 0xFFFF
-    return "%x:%x" % (major, minor) if minor else "%x:" % major
 
 
 # What each step of the C core (_plugqdisc.STEPS) is, in the user's words; "" for the
@@ -206,22 +200,3 @@ def not_attached_default() -> PlugQdiscError:
                          "first")
     err.step = "not_attached"
     return err
-
-
-def optional_number(value: Optional[float], name: str) -> Optional[float]:
-    """A duration in seconds: None or inf mean no limit; NaN, negatives and non-numbers
-    are refused with a message naming NAME."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError("%s must be a number of seconds or None, not %s"
-                        % (name, type(value).__name__))
-    try:
-        v = float(value)
-    except OverflowError:
-        return None  # an int beyond any float: no limit, as inf
-    if v != v:
-        raise ValueError("%s must be a number of seconds, not NaN" % name)
-    if v < 0:
-        raise ValueError("%s must be >= 0 seconds, not %r" % (name, value))
-    return None if v == float("inf") else v

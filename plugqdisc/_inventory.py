@@ -16,10 +16,10 @@ import os
 import time
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from . import Match, Netns, PlugQdisc, _netns_path, _plugqdisc, _registry
-from ._errors import handle_text
+from . import Match, PlugQdisc, _plugqdisc, _registry
 from ._plugqdisc import IFB_PREFIX, TREE_HANDLE, TREE_PLUG_CLASS
-from ._registry import ROOT, Record
+from ._registry import Record
+from ._util import ROOT, Netns, handle_text, open_netns
 
 #: How long a released hold may take to drain before cleanup gives up on it.
 DRAIN_TIMEOUT = 5.0
@@ -52,21 +52,6 @@ class Plug(NamedTuple):
     bytes: int
     holder: Optional[int]  #: pid of the living process that made it (registry), or None
     recorded: bool  #: whether the registry knows who made it
-
-
-def open_netns(netns: Netns) -> Tuple[int, bool]:
-    """(fd for list_qdiscs, -1 for this thread's namespace; whether we opened it)."""
-    if netns is None:
-        return -1, False
-    if isinstance(netns, int):
-        return netns, False
-    path = _netns_path(netns)
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC), True
-    except FileNotFoundError as e:
-        raise FileNotFoundError(e.errno, "no network namespace at %s: `ip netns list` names "
-                                "them; or give a path such as /proc/PID/ns/net" % path,
-                                path) from None
 
 
 class Inventory:

@@ -23,10 +23,10 @@ import struct
 from typing import Any, List, NamedTuple, Optional, Tuple
 
 from . import _plugqdisc
+from ._util import ROOT, open_netns
 
 #: Where the records live (a tmpfs: they vanish with the boot, as the qdiscs do).
 RUN_DIR = "/run/plugqdisc"
-ROOT = 0xFFFFFFFF
 #: getsockopt(SOL_SOCKET, SO_NETNS_COOKIE) (Linux 5.14): the namespace's 64-bit cookie.
 SO_NETNS_COOKIE = 71
 _THREAD_NS = "/proc/thread-self/ns/net"
@@ -104,10 +104,8 @@ def netns_id(netns: Any) -> str:
     Raises OSError when it cannot be entered."""
     if netns is None:
         return _cookie_here()
-    from . import _netns_path
     from .netns import CLONE_NEWNET, setns
-    fd = netns if isinstance(netns, int) else os.open(_netns_path(netns),
-                                                      os.O_RDONLY | os.O_CLOEXEC)
+    fd, own = open_netns(netns)
     saved = os.open(_THREAD_NS, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if os.fstat(saved).st_ino == os.fstat(fd).st_ino:
@@ -119,7 +117,7 @@ def netns_id(netns: Any) -> str:
             setns(saved, CLONE_NEWNET)
     finally:
         os.close(saved)
-        if fd is not netns:
+        if own:
             os.close(fd)
 
 

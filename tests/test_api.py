@@ -207,11 +207,11 @@ def test_bad_modes_are_refused_at_construction(kw, exc, words) -> None:  # type:
 # ---- inputs that used to escape (issue 9): clear errors in the user's terms, no hang ----
 
 @pytest.mark.parametrize("call, exc, words", [
-    (lambda q: q.wait_buffered(1, timeout=float("nan")), ValueError, "timeout must be a number of seconds, not NaN"),
-    (lambda q: q.wait_buffered(1, timeout=-1), ValueError, "timeout must be >= 0"),
+    (lambda q: q.wait_buffered(1, timeout=float("nan")), ValueError, "timeout must be a number of seconds >= 0 (None or inf: no limit), not nan"),
+    (lambda q: q.wait_buffered(1, timeout=-1), ValueError, "timeout must be a number of seconds >= 0"),
     (lambda q: q.wait_buffered(1, timeout="5"), TypeError, "timeout must be a number"),
     (lambda q: q.wait_buffered(-1), ValueError, "packets must be >= 0"),
-    (lambda q: q.detach(timeout=float("nan")), ValueError, "not NaN"),
+    (lambda q: q.detach(timeout=float("nan")), ValueError, "not nan"),
     (lambda q: q.detach(timeout=True), TypeError, "timeout must be a number"),
     (lambda q: q.set_limit(2**64), ValueError, "nbytes must be from 0 to 2**32-1"),
 ])
@@ -279,3 +279,15 @@ def test_the_words_name_only_steps_the_c_core_has() -> None:
     from plugqdisc._errors import _STEP_WORDS
     assert set(_STEP_WORDS) == set(plugqdisc._plugqdisc.STEPS)
     assert set(WORDLESS) <= set(plugqdisc._plugqdisc.STEPS)
+
+
+def test_a_missing_namespace_is_named_with_what_to_pass() -> None:
+    """The same words as the command line's (tests/test_cli.py): one function opens a
+    namespace given by name or path, for attach, status, release and cleanup."""
+    q = PlugQdisc("lo", netns="plugqdisc-no-such-ns")
+    with pytest.raises(FileNotFoundError) as e:
+        q.attach()
+    assert e.value.filename == "/run/netns/plugqdisc-no-such-ns"
+    assert "`ip netns list` names them" in str(e.value) and "/proc/PID/ns/net" in str(e.value)
+    assert not q.connected
+    q.close()
