@@ -39,7 +39,7 @@ try:
 except ImportError as e:  # say what to do (a source tree hiding the installed package)
     from ._extension import import_failed
     raise import_failed(e) from e
-from . import _guard, _registry
+from . import _cli_records, _guard
 from ._match import Match, terms_of
 from ._errors import (DeviceNotFoundError, KernelSupportError, ParentNotFoundError,
                       PlugQdiscError, PlugQdiscPermissionError, not_attached_default,
@@ -208,7 +208,7 @@ class PlugQdisc(_plugqdisc.Qdisc):
         self._match = match
         self._direction = direction
         self._max_hold = max_hold
-        self._record: Optional[str] = None  # the registry's record of what we created
+        self._record: Optional[str] = None  # _cli_records' record of what we created
         super().__init__(device, parent_id, handle_id, nbytes)
         try:
             if terms or ingress:
@@ -261,7 +261,7 @@ class PlugQdisc(_plugqdisc.Qdisc):
             if own:
                 os.close(fd)
         _guard.track(self)
-        self._record = _registry.record(self)
+        self._record = _cli_records.record(self)
         return self
 
     def buffer(self) -> None:
@@ -337,7 +337,7 @@ class PlugQdisc(_plugqdisc.Qdisc):
             self._detach(ms)
         except OSError as e:
             raise self._failed(e, "detach") from None
-        _registry.forget(self._record)
+        _cli_records.forget(self._record)
 
     def close(self) -> None:
         """Free the socket (the qdisc stays as it is). Idempotent."""

@@ -1,4 +1,4 @@
-"""What the command line's status, release and cleanup see and do.
+"""What the command line's status, release and cleanup see and do (the qdiscs of a namespace).
 
 One dump of the namespace's qdiscs and links (``_plugqdisc.list_qdiscs``) tells
 every plug qdisc apart: *plain* (anywhere on a device), *match* (the plug in
@@ -16,9 +16,9 @@ import os
 import time
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from . import Match, PlugQdisc, _plugqdisc, _registry
+from . import Match, PlugQdisc, _cli_records, _plugqdisc
+from ._cli_records import Record
 from ._plugqdisc import IFB_PREFIX, TREE_HANDLE, TREE_PLUG_CLASS
-from ._registry import Record
 from ._util import ROOT, Netns, handle_text, open_netns
 
 #: How long a released hold may take to drain before cleanup gives up on it.
@@ -69,8 +69,8 @@ class Inventory:
         self.names: Dict[int, str] = {i: name for i, name, _ in links}
         self.index: Dict[str, int] = {name: i for i, name, _ in links}
         self.kinds: Dict[int, str] = {i: kind for i, _, kind in links}
-        self.netns_id = _registry.netns_id(netns)
-        self.records = _registry.records(self.netns_id)
+        self.netns_id = _cli_records.netns_id(netns)
+        self.records = _cli_records.records(self.netns_id)
 
     def find(self, ifindex: int, kind: str, *, parent: Optional[int] = None,
              handle: Optional[int] = None) -> Optional[Qdisc]:

@@ -1,4 +1,4 @@
-"""The registry: which holds plugqdisc made, and which process made them.
+"""Records for the command line: which holds plugqdisc made, and which process made them.
 
 Nothing in the kernel says who made a qdisc. So when a :class:`PlugQdisc` attach
 *creates* its plug (or its match tree, or its ingress ifb), it writes one small
