@@ -9,13 +9,16 @@ names and whose creator is no longer alive (the pid is gone, or belongs to a
 process started later). A plug qdisc without a record (made by ``tc``, or by a
 holder that could not write here) is never removed by cleanup.
 
-Best effort: where the folder cannot be written (not root, a read-only
-``/run``), attach goes on without a record. Importing this module touches
+Best effort: where the folder cannot be written (EACCES: not root; EROFS: a
+read-only ``/run``), attach goes on without a record, and the process stops
+trying; any other failure (a full ``/run``, a namespace it may not enter) costs
+that one record only. Importing this module touches
 nothing; the first attach that records reads this process's start time once.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -52,7 +55,9 @@ class Record(NamedTuple):
 
 
 _me: Optional[Tuple[int, int]] = None  # (pid, start time) of this process, once read
-_unwritable = False  # RUN_DIR could not be written: do not try on every attach
+_unwritable = False  # RUN_DIR can never be written here: do not try on every attach
+#: The errors that say so (EPERM is not one: setns gives it for a namespace, not RUN_DIR).
+_NEVER_WRITABLE = (errno.EACCES, errno.EROFS)
 
 
 def _forget_me() -> None:
@@ -144,12 +149,21 @@ def record(q: Any) -> Optional[str]:
             os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            os.write(fd, body.encode())
+            data = body.encode()
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, "short write", path)
+        except OSError:
+            forget(path)  # a half record would only confuse cleanup
+            raise
         finally:
             os.close(fd)
         return path
-    except OSError:
-        _unwritable = True  # best effort: holding matters more than the record
+    except OSError as e:
+        # Best effort: holding matters more than the record. Only a folder this process
+        # may never write (not root, a read-only /run) turns records off for good;
+        # anything else (a full /run, a namespace it cannot enter) costs this record only.
+        if e.errno in _NEVER_WRITABLE:
+            _unwritable = True
         return None
 
 
