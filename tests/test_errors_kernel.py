@@ -223,7 +223,7 @@ def test_a_child_that_cannot_open_a_socket_gets_an_error_not_a_crash() -> None:
 
 def test_module_level_haproxy_api() -> None:
     rx, tx, addr = udp_pair()
-    plugqdisc.attach("lo")  # limit 0: the device's default, not the limit-0 trap
+    plugqdisc.attach("lo", limit=None)  # the device's default, not the limit-0 trap
     tx.sendto(b"passes", addr)
     assert recv_all(rx, 1) == [b"passes"]
     plugqdisc.plug_buffer()

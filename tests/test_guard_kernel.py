@@ -216,6 +216,22 @@ def test_without_expiry_a_hold_lasts() -> None:
     rx.close()
 
 
+# 4294967.297 s is 2**32 + 1 ms: wrapped to 32 bits it would be a 1 ms hold.
+@pytest.mark.parametrize("max_hold", [4294967.295, 4294967.297, 1e12, float("inf"), 2**1100])
+def test_a_huge_max_hold_means_no_limit(max_hold: float) -> None:
+    rx = udp_receiver()
+    with plugged("lo", max_hold=max_hold) as q:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            tx.sendto(b"held", rx.getsockname())
+        assert q.wait_buffered(1, timeout=5).qlen == 1
+        rx.settimeout(QUIET)
+        with pytest.raises(socket.timeout):
+            rx.recv(100)
+        assert q.is_buffering and not q.expired and q.stats().qlen == 1
+    assert recv_n(rx, 1) == [b"held"]  # released on the way out
+    rx.close()
+
+
 # ---- the guardian's life -----------------------------------------------------------------
 
 def test_one_guardian_per_process_reaped_after_the_last_detach() -> None:
