@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import subprocess
@@ -13,33 +12,13 @@ from typing import Sequence
 import pytest
 
 import plugqdisc
-from nettools import nothing_arrives, recv_all, sh, udp_pair
+from nettools import fork_child, in_child, nothing_arrives, recv_all, sh, udp_pair
 from plugqdisc import (DeviceNotFoundError, PlugQdisc, PlugQdiscError,
                        PlugQdiscPermissionError, plugged)
+from plugqdisc.netns import CLONE_NEWNET, unshare
 
 pytestmark = pytest.mark.kernel
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def in_child(fn) -> dict:  # type: ignore[no-untyped-def, type-arg]
-    """Run fn() in a forked child; return what it returned (a JSON-able dict)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never returns into pytest
-        code = 0
-        try:
-            os.close(r)
-            out = fn()
-        except BaseException as e:
-            out = {"error": "%s: %s" % (type(e).__name__, e)}
-            code = 1
-        os.write(w, json.dumps(out).encode())
-        os._exit(code)
-    os.close(w)
-    with os.fdopen(r) as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)  # type: ignore[no-any-return]
 
 
 def test_another_qdisc_in_the_way_needs_replace() -> None:
@@ -154,32 +133,21 @@ def test_netns_name_with_a_slash_is_a_path() -> None:
 def test_a_forked_child_gets_its_own_socket() -> None:
     q = PlugQdisc("lo").attach()
 
-    def child() -> dict:  # type: ignore[type-arg]
+    def child(w: int) -> None:
         for _ in range(100):
             q.buffer()
             q.stats()
             q.release()
-        return {"ok": True}
 
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        ok = 0
-        try:
-            child()
-        except BaseException:
-            ok = 1
-        os.write(w, b"%d" % ok)
-        os._exit(ok)
-    os.close(w)
+    pid, r = fork_child(child)
     # the parent keeps using the same object at the same time: a shared socket would
     # mix up replies (sequence mismatches) on one side or the other
     for _ in range(100):
         q.stats()
         q.release()
     _, status = os.waitpid(pid, 0)
-    assert os.read(r, 10) == b"0" and status == 0
+    with r:
+        assert status == 0, r.read()
     q.detach()
     q.close()
 
@@ -189,9 +157,7 @@ def test_a_forked_child_that_moved_namespace_still_drives_the_original() -> None
     q.buffer()
 
     def child() -> dict:  # type: ignore[type-arg]
-        import ctypes
-        if ctypes.CDLL(None, use_errno=True).unshare(0x40000000) != 0:
-            return {"error": "unshare failed"}
+        unshare(CLONE_NEWNET)
         q.release()  # a new socket, made in the namespace the object was opened in
         return {"ok": True}
 
