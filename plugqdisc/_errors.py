@@ -32,7 +32,10 @@ class PlugQdiscError(OSError):
 
 
 class KernelSupportError(PlugQdiscError):
-    """The running kernel has no plug qdisc (``sch_plug``)."""
+    """The running kernel lacks a module the hold needs: the plug qdisc (``sch_plug``),
+    or for a selective or ingress hold ``sch_prio``, ``cls_flower``, ``cls_fw``,
+    ``cls_matchall``, ``ifb``, ``sch_ingress`` or ``act_mirred``. The message names the
+    module, how to load it, and the lab."""
 
 
 class DeviceNotFoundError(PlugQdiscError):

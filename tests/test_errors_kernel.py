@@ -239,7 +239,8 @@ def test_c_handle_api() -> None:
 @pytest.mark.parametrize("name", ["haproxy_compat", "handle_api"])
 def test_c_tests_under_valgrind(name: str) -> None:
     """No invalid read or write, no use of uninitialised memory, no definite leak in the C
-    core (valgrind runs inside UML; AddressSanitizer cannot: see KERNEL-FACTS)."""
+    core (valgrind runs inside UML; AddressSanitizer cannot: its shadow memory does not fit
+    in UML's address space, which ends at 0x7fc0000000)."""
     assert shutil.which("valgrind"), "valgrind is needed: scripts/system-deps.sh installs it"
     out = run_c_test(name, VALGRIND)
     assert "PASSED" in out or "keep going" in out, out
