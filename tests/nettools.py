@@ -3,17 +3,33 @@ a forked child that reports back."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import os
 import socket
 import subprocess
 import threading
 import traceback
+from types import ModuleType
 from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 
 from plugqdisc.netns import SO_RCVBUFFORCE, SO_SNDBUFFORCE, tcp_for_holding
 
 QUIET = 0.3  # how long "nothing arrives" is waited for
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@functools.lru_cache(maxsize=None)
+def setup_py() -> ModuleType:
+    """The repository's setup.py as a module (importing it builds nothing): the one home of
+    the C core's source list and of compiling C against libnl."""
+    spec = importlib.util.spec_from_file_location("plugqdisc_setup_py",
+                                                  os.path.join(ROOT, "setup.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def udp_pair() -> Tuple[socket.socket, socket.socket, Tuple[str, int]]:

@@ -12,13 +12,13 @@ from typing import Sequence
 import pytest
 
 import plugqdisc
-from nettools import fork_child, in_child, nothing_arrives, recv_all, sh, udp_pair
+from nettools import (ROOT, fork_child, in_child, nothing_arrives, recv_all, setup_py, sh,
+                      udp_pair)
 from plugqdisc import (DeviceNotFoundError, PlugQdisc, PlugQdiscError,
                        PlugQdiscPermissionError, plugged)
 from plugqdisc.netns import CLONE_NEWNET, unshare
 
 pytestmark = pytest.mark.kernel
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_another_qdisc_in_the_way_needs_replace() -> None:
@@ -210,16 +210,12 @@ VALGRIND = ["valgrind", "-q", "--error-exitcode=99", "--leak-check=full",
 def run_c_test(name: str, under: Sequence[str] = ()) -> str:
     """Compile tests/c/NAME.c against csrc/*.c and libnl, run it (UNDER a tool such as
     valgrind), return its report (one line per check; exit 0 only if every check held)."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    assert cc, "a C compiler is needed (the package build needs one too)"
-    flags = sh("pkg-config", "--cflags", "--libs", "libnl-3.0", "libnl-route-3.0").split()
+    build = setup_py()
     with tempfile.TemporaryDirectory() as d:
-        exe = os.path.join(d, name)
-        sh(cc, "-std=gnu11", "-Wall", "-Werror", "-I", os.path.join(ROOT, "csrc"),
-           os.path.join(ROOT, "tests", "c", name + ".c"),
-           os.path.join(ROOT, "csrc", "plug_qdisc.c"), os.path.join(ROOT, "csrc", "tree.c"),
-           os.path.join(ROOT, "csrc", "guard.c"), os.path.join(ROOT, "csrc", "dump.c"),
-           "-o", exe, *flags)
+        sources = [os.path.join(ROOT, "tests", "c", name + ".c")]
+        sources += [os.path.join(ROOT, s) for s in build.core_sources()]
+        exe = build.compile_c(sources, os.path.join(d, name), ["-std=gnu11", "-Wall", "-Werror",
+                                                               "-I", os.path.join(ROOT, "csrc")])
         p = subprocess.run([*under, exe], capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "FAIL" not in p.stdout
