@@ -18,7 +18,7 @@ from plugqdisc import (DeviceNotFoundError, PlugQdisc, PlugQdiscError,
                        PlugQdiscPermissionError, plugged)
 from plugqdisc.netns import CLONE_NEWNET, unshare
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.plugqdisc
 
 
 def test_another_qdisc_in_the_way_needs_replace() -> None:

@@ -24,7 +24,7 @@ from nettools import QUIET, fork_child, report, sh
 from plugqdisc import Match, PlugQdisc, PlugQdiscPermissionError, plugged
 from plugqdisc._plugqdisc import guardian_pid
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.plugqdisc
 
 RELEASE_BOUND = 0.5  # seconds: the promise
 MODES: Dict[str, Dict[str, Any]] = {

@@ -17,7 +17,7 @@ from nettools import QUIET, sh
 from plugqdisc import Match, PlugQdisc, PlugQdiscError, plugged
 from plugqdisc.netns import CLONE_NEWNET, SO_RCVBUFFORCE, setns
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.plugqdisc
 
 SO_MARK = 36
 

@@ -15,7 +15,7 @@ import pytest
 import plugqdisc
 from plugqdisc import Match, PlugQdisc, PlugQdiscError, plugged
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.plugqdisc
 
 SEED = 20261128
 FUZZ_SECONDS = 10.0
