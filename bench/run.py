@@ -32,6 +32,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)  # run from a checkout: use this plugqdisc, not another
 
 from plugqdisc import lab  # noqa: E402
+from setup import compile_c  # noqa: E402  (the build's own: the flags the extension gets)
 
 NOTE = ("Timings are taken inside User-Mode Linux, where a syscall costs ~100 us: absolute "
         "values are not those of a real kernel; only ratios within this one run mean anything.")
@@ -46,19 +47,10 @@ COUNTS = {
 
 def build(src: str, out_dir: str, shared: bool = False) -> str:
     """Compile one C baseline against libnl (on the host; the lab sees the same files)."""
-    try:
-        flags = subprocess.run(["pkg-config", "--cflags", "--libs", "libnl-3.0",
-                                "libnl-route-3.0"], check=True, capture_output=True,
-                               text=True).stdout.split()
-    except (OSError, subprocess.CalledProcessError):
-        sys.exit("bench: pkg-config cannot find libnl: install libnl-3-dev and "
-                 "libnl-route-3-dev (Debian/Ubuntu) or libnl3-devel (Fedora)")
     exe = os.path.join(out_dir, os.path.splitext(os.path.basename(src))[0])
     extra = ["-shared", "-fPIC"] if shared else []
     exe += ".so" if shared else ""
-    subprocess.run(["gcc", "-O2", "-Wall", "-Wextra"] + extra + ["-o", exe, src] + flags,
-                   check=True)
-    return exe
+    return compile_c([src], exe, ["-O2", "-Wall", "-Wextra"] + extra)
 
 
 def ensure_pyroute2() -> str:

@@ -39,11 +39,12 @@ try:
 except ImportError as e:  # say what to do (a source tree hiding the installed package)
     from ._extension import import_failed
     raise import_failed(e) from e
-from . import _guard, _registry
+from . import _cli_records, _guard
 from ._match import Match, terms_of
 from ._errors import (DeviceNotFoundError, KernelSupportError, ParentNotFoundError,
                       PlugQdiscError, PlugQdiscPermissionError, not_attached_default,
-                      optional_number, translate)
+                      translate)
+from ._util import Netns, add_note, handle_text, open_netns, seconds
 
 __all__ = [
     "Match",
@@ -60,7 +61,6 @@ __all__ = [
     "PlugQdiscPermissionError",
 ]
 
-Netns = Union[str, "os.PathLike[str]", int, None]
 MatchArg = Union[Match, Sequence[Match], None]
 
 #: How long detach() waits for released packets to leave before deleting, by default.
@@ -152,24 +152,19 @@ def _check_netns(netns: Netns) -> None:
         raise ValueError("netns name or path must be non-empty and free of NUL bytes")
 
 
-def _check_mode(direction: str, match: MatchArg, parent: str, handle: str) -> bool:
-    """Whether the hold is at ingress; refuses what a selective or ingress hold cannot do."""
+def _check_mode(direction: str, match: MatchArg, parent: str, handle: int) -> bool:
+    """Whether the hold is at ingress; refuses what a selective or ingress hold cannot do.
+    HANDLE is the plug's, parsed: compared by value, as the C core compares it."""
     if direction not in ("egress", "ingress"):
         raise ValueError("direction must be 'egress' (what the device sends) or 'ingress' "
                          "(what it receives), not %r" % (direction,))
     if (match is not None or direction == "ingress") and parent != "root":
         raise ValueError("parent=%r: a selective or ingress hold builds its own tree at the "
                          "device's root (or ingress); leave parent='root'" % (parent,))
-    if match is not None and direction == "egress" and handle == "fffe:":
-        raise ValueError("handle 'fffe:' is the selective hold's own prio qdisc: choose "
-                         "another handle for the plug")
+    if match is not None and handle == _plugqdisc.TREE_HANDLE:
+        raise ValueError("handle %s is the selective hold's own prio qdisc: choose another "
+                         "handle for the plug" % handle_text(_plugqdisc.TREE_HANDLE))
     return direction == "ingress"
-
-
-def _netns_path(netns: Union[str, "os.PathLike[str]"]) -> str:
-    path = os.fspath(netns)
-    # A name as `ip netns` knows it; anything with a '/' is a path, never joined.
-    return path if "/" in path else os.path.join("/run/netns", path)
 
 
 class PlugQdisc(_plugqdisc.Qdisc):
@@ -205,7 +200,7 @@ class PlugQdisc(_plugqdisc.Qdisc):
         nbytes = _check_limit(limit)
         _check_netns(netns)
         terms = terms_of(match)
-        ingress = _check_mode(direction, match, parent, handle)
+        ingress = _check_mode(direction, match, parent, handle_id)
         hold_ms = _guard.max_hold_ms(max_hold, guard)
         self._parent = parent
         self._handle = handle
@@ -213,11 +208,14 @@ class PlugQdisc(_plugqdisc.Qdisc):
         self._match = match
         self._direction = direction
         self._max_hold = max_hold
-        self._record: Optional[str] = None  # the registry's record of what we created
+        self._record: Optional[str] = None  # _cli_records' record of what we created
         super().__init__(device, parent_id, handle_id, nbytes)
-        if terms or ingress:
-            self._set_hold(ingress, terms)
-        self._set_guard(guard, hold_ms)
+        try:
+            if terms or ingress:
+                self._set_hold(ingress, terms)
+            self._set_guard(guard, hold_ms)
+        except OSError as e:  # the C core's own checks: the same words as every call
+            raise self._failed(e, "PlugQdisc()") from None
 
     def __repr__(self) -> str:
         state = ("closed" if self.closed else "detached" if not self.attached
@@ -246,17 +244,9 @@ class PlugQdisc(_plugqdisc.Qdisc):
     def _netns_fd(self) -> "tuple[int, bool]":
         """(fd of the namespace to work in or -1, whether we opened it), for the first
         attach only."""
-        if self._netns is None or self.connected or self.closed:
+        if self.connected or self.closed:
             return -1, False
-        if isinstance(self._netns, int):
-            return self._netns, False
-        path = _netns_path(self._netns)
-        try:
-            return os.open(path, os.O_RDONLY | os.O_CLOEXEC), True
-        except FileNotFoundError as e:
-            raise FileNotFoundError(
-                e.errno, "no network namespace at %s: create it with `ip netns add NAME` "
-                "or pass a path or an open fd" % path, path) from None
+        return open_netns(self._netns)
 
     def attach(self, *, replace: bool = False) -> "PlugQdisc":
         """Create the plug qdisc (or adopt the plug qdisc with our handle already
@@ -271,7 +261,7 @@ class PlugQdisc(_plugqdisc.Qdisc):
             if own:
                 os.close(fd)
         _guard.track(self)
-        self._record = _registry.record(self)
+        self._record = _cli_records.record(self)
         return self
 
     def buffer(self) -> None:
@@ -323,7 +313,7 @@ class PlugQdisc(_plugqdisc.Qdisc):
             raise TypeError("packets must be an int, not %s" % type(packets).__name__)
         if packets < 0:
             raise ValueError("packets must be >= 0, not %d" % packets)
-        limit = optional_number(timeout, "timeout")
+        limit = seconds(timeout, "timeout")
         deadline = None if limit is None else time.monotonic() + limit
         pause = 0.0005
         while True:
@@ -341,13 +331,13 @@ class PlugQdisc(_plugqdisc.Qdisc):
         for the backlog to drain, then delete the qdisc. Nothing held is lost: if it
         does not drain, the qdisc is left in place passing traffic and
         PlugQdiscError (ETIMEDOUT) is raised."""
-        limit = optional_number(timeout, "timeout")
+        limit = seconds(timeout, "timeout")
         ms = _MAX_WAIT_MS if limit is None else min(int(limit * 1000), _MAX_WAIT_MS)
         try:
             self._detach(ms)
         except OSError as e:
             raise self._failed(e, "detach") from None
-        _registry.forget(self._record)
+        _cli_records.forget(self._record)
 
     def close(self) -> None:
         """Free the socket (the qdisc stays as it is). Idempotent."""
@@ -419,7 +409,7 @@ def _finish_after(q: PlugQdisc, exc: Optional[BaseException]) -> None:
     except BaseException as cleanup:
         if exc is None:
             raise
-        _guard.add_note(exc, "plugqdisc: cleaning up %r after this error also failed: %s: %s"
+        add_note(exc, "plugqdisc: cleaning up %r after this error also failed: %s: %s"
                         % (q, type(cleanup).__name__, cleanup))
 
 

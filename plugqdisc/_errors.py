@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from typing import Dict, Optional, Tuple, Type
+from typing import Dict, Tuple, Type
+
+from ._util import handle_text
 
 LAB_HINT = "python -m plugqdisc.lab -- CMD (a User-Mode Linux kernel with sch_plug)"
 
@@ -30,7 +32,10 @@ class PlugQdiscError(OSError):
 
 
 class KernelSupportError(PlugQdiscError):
-    """The running kernel has no plug qdisc (``sch_plug``)."""
+    """The running kernel lacks a module the hold needs: the plug qdisc (``sch_plug``),
+    or for a selective or ingress hold ``sch_prio``, ``cls_flower``, ``cls_fw``,
+    ``cls_matchall``, ``ifb``, ``sch_ingress`` or ``act_mirred``. The message names the
+    module, how to load it, and the lab."""
 
 
 class DeviceNotFoundError(PlugQdiscError):
@@ -46,16 +51,10 @@ class PlugQdiscPermissionError(PlugQdiscError, PermissionError):
     namespace, or ``CAP_SYS_ADMIN`` to enter another namespace."""
 
 
-def handle_text(h: int) -> str:
-    """A tc handle as tc writes it: ``root``, ``1:``, ``1:2``."""
-    if h == 0xFFFFFFFF:
-        return "root"
-    major, minor = h >> 16, h & 0xFFFF
-    return "%x:%x" % (major, minor) if minor else "%x:" % major
-
-
-# What each step of the C core is, in the user's words.
+# What each step of the C core (_plugqdisc.STEPS) is, in the user's words; "" for the
+# steps whose message needs none (tests/test_api.py lists them, with the reason).
 _STEP_WORDS: Dict[str, str] = {
+    "none": "",
     "check_arguments": "checking the arguments",
     "not_attached": "",
     "enter_netns": "entering the network namespace",
@@ -76,6 +75,7 @@ _STEP_WORDS: Dict[str, str] = {
     "make_ingress": "creating the ingress qdisc",
     "add_filter": "adding the {found} filter that selects what to hold",
     "undo": "removing what the hold added",
+    "guard": "handing the hold to its guardian (the process that releases it if this one dies)",
     "dump": "listing the qdiscs and links",
 }
 
@@ -203,22 +203,3 @@ def not_attached_default() -> PlugQdiscError:
                          "first")
     err.step = "not_attached"
     return err
-
-
-def optional_number(value: Optional[float], name: str) -> Optional[float]:
-    """A duration in seconds: None or inf mean no limit; NaN, negatives and non-numbers
-    are refused with a message naming NAME."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError("%s must be a number of seconds or None, not %s"
-                        % (name, type(value).__name__))
-    try:
-        v = float(value)
-    except OverflowError:
-        return None  # an int beyond any float: no limit, as inf
-    if v != v:
-        raise ValueError("%s must be a number of seconds, not NaN" % name)
-    if v < 0:
-        raise ValueError("%s must be >= 0 seconds, not %r" % (name, value))
-    return None if v == float("inf") else v

@@ -16,6 +16,8 @@ import warnings
 import weakref
 from typing import Any, Optional
 
+from ._util import seconds
+
 #: Attached objects of this process (not of a parent we were forked from).
 _live: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
@@ -26,21 +28,12 @@ def max_hold_ms(max_hold: Optional[float], guard: bool) -> int:
         raise TypeError("guard must be True or False, not %s" % type(guard).__name__)
     if max_hold is None:
         return 0
-    if isinstance(max_hold, bool) or not isinstance(max_hold, (int, float)):
-        raise TypeError("max_hold must be a number of seconds or None, not %s"
-                        % type(max_hold).__name__)
-    try:
-        seconds = float(max_hold)
-    except OverflowError:
-        return 0  # beyond any float: no limit, as inf
-    if math.isnan(seconds) or seconds <= 0:
-        raise ValueError("max_hold must be a number of seconds > 0 (None or inf: no limit), "
-                         "not %r" % (max_hold,))
+    limit = seconds(max_hold, "max_hold", zero=False)
     if not guard:
         raise ValueError("max_hold needs the guardian: leave guard=True")
-    if math.isinf(seconds) or seconds * 1000 >= 2**32:
+    if limit is None or limit * 1000 >= 2**32:
         return 0  # about 50 days or more: no limit
-    return max(1, math.ceil(seconds * 1000))
+    return max(1, math.ceil(limit * 1000))
 
 
 def track(q: Any) -> None:
@@ -82,13 +75,3 @@ def _forget_inherited() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_inherited)
-
-
-def add_note(exc: BaseException, note: str) -> None:
-    """BaseException.add_note, also before Python 3.11 (where it only stores it)."""
-    if hasattr(exc, "add_note"):
-        exc.add_note(note)
-    else:  # pragma: no cover - Python < 3.11
-        notes = list(getattr(exc, "__notes__", []))
-        notes.append(note)
-        setattr(exc, "__notes__", notes)

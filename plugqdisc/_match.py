@@ -15,8 +15,8 @@ Ports = Union[int, Tuple[int, int]]
 _PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 _ICMP = {4: socket.IPPROTO_ICMP, 6: socket.IPPROTO_ICMPV6}
 _WITH_PORTS = (socket.IPPROTO_TCP, socket.IPPROTO_UDP, 132)  # 132: SCTP
-# Term kinds, as csrc/plug_qdisc.h numbers them.
-_FLOWER, _MARK = 1, 2
+# Term kinds, as the C core numbers them (csrc/plug_qdisc.h).
+from ._plugqdisc import TERM_FLOWER as _FLOWER, TERM_MARK as _MARK  # noqa: E402
 Term = Tuple[Any, ...]
 
 

@@ -20,7 +20,8 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import Match, PlugQdisc, PlugQdiscError, lab, plugged, _inventory, _registry
+from . import Match, PlugQdisc, PlugQdiscError, lab, plugged
+from . import _cli_inventory as _inventory, _cli_records as _registry
 from ._errors import translate
 
 PROG = "plugqdisc"

@@ -31,10 +31,10 @@ import functools
 import os
 import socket
 import struct
-from typing import Optional, Type
+from typing import Dict, Optional, Type
 
-__all__ = ["NetNamespace", "CLONE_NEWNET", "UDP_OVERHEAD", "unshare", "setns", "link_up",
-           "sysctl"]
+__all__ = ["NetNamespace", "CLONE_NEWNET", "UDP_OVERHEAD", "SO_SNDBUFFORCE", "SO_RCVBUFFORCE",
+           "TCP_HOLD_SYSCTLS", "unshare", "setns", "link_up", "sysctl", "tcp_for_holding"]
 
 #: The ``unshare(2)`` / ``setns(2)`` flag for a network namespace (``<sched.h>``).
 CLONE_NEWNET = 0x40000000
@@ -43,6 +43,23 @@ CLONE_NEWNET = 0x40000000
 #: counts them in ``backlog`` and against ``limit``: 14 (Ethernet header) + 20
 #: (IPv4) + 8 (UDP).
 UDP_OVERHEAD = 42
+
+#: ``setsockopt(SOL_SOCKET, ...)`` options that set a socket's send / receive buffer
+#: past ``net.core.wmem_max`` / ``rmem_max`` (``CAP_NET_ADMIN``); the :mod:`socket`
+#: module lacks them. Held packets stay charged to their sender's send buffer.
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+
+#: The namespace's TCP sysctls that otherwise keep a connection from putting much into
+#: a qdisc that holds (the held segments are not freed, nor acked): autocorking merges
+#: writes, TCP small queues (limit_output_bytes) throttle the socket, and a sender idle
+#: longer than its retransmission timeout has its window cut (RFC 2861) unless
+#: slow_start_after_idle is 0.
+TCP_HOLD_SYSCTLS = {
+    "net.ipv4.tcp_autocorking": 0,
+    "net.ipv4.tcp_limit_output_bytes": 256 << 20,
+    "net.ipv4.tcp_slow_start_after_idle": 0,
+}
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
@@ -110,6 +127,14 @@ def sysctl(name: str, value: object, *, missing_ok: bool = False) -> bool:
         raise FileNotFoundError(_errno.ENOENT, "this kernel has no sysctl %s" % name,
                                 path) from None
     return True
+
+
+def tcp_for_holding(*, missing_ok: bool = False) -> Dict[str, bool]:
+    """Set :data:`TCP_HOLD_SYSCTLS` in the calling thread's namespace (a fresh one: they
+    change every TCP connection in it). Returns ``{name: whether it was set}``; a sysctl
+    this kernel lacks raises :class:`FileNotFoundError`, or is False with ``missing_ok``."""
+    return {name: sysctl(name, value, missing_ok=missing_ok)
+            for name, value in TCP_HOLD_SYSCTLS.items()}
 
 
 class NetNamespace:

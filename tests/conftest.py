@@ -5,20 +5,16 @@ enabled by installing the package) gives each a fresh network namespace with lo
 up, and where the kernel lacks sch_plug runs them all in one lab boot, since
 pyproject.toml adds ``--plugqdisc-lab`` to every run.
 
-Here:
-
-* ``PLUGQDISC_REQUIRE_LAB`` (CI sets it). With it, a session in which no kernel
-  test passed fails, whatever the reason (no lab, a broken lab, every kernel
-  test skipped), rather than going green on host tests alone.
-* ``kernel``, this suite's marker before the plugin, stays an alias of
-  ``plugqdisc`` for test files written on branches made before it.
+``PLUGQDISC_REQUIRE_LAB`` (CI sets it): with it, a session in which no kernel
+test passed fails, whatever the reason (no lab, a broken lab, every kernel test
+skipped), rather than going green on host tests alone.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import List, Set
+from typing import Set
 
 import pytest
 
@@ -27,13 +23,6 @@ from plugqdisc.pytest_plugin import INNER_ENV, MARKER
 REQUIRE_LAB = bool(os.environ.get("PLUGQDISC_REQUIRE_LAB")) and not os.environ.get(INNER_ENV)
 _kernel_tests: Set[str] = set()
 _kernel_passed: Set[str] = set()
-
-
-@pytest.hookimpl(tryfirst=True)  # before the plugin sorts the marked tests out
-def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
-    for it in items:
-        if it.get_closest_marker("kernel") and not it.get_closest_marker(MARKER):
-            it.add_marker(MARKER)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

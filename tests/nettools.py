@@ -1,15 +1,35 @@
-"""Small real-traffic helpers for the kernel tests: sockets on lo, and tc/ip when needed."""
+"""Small real-traffic helpers for the kernel tests: sockets on lo, tc/ip when needed, and
+a forked child that reports back."""
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import json
+import os
 import socket
 import subprocess
 import threading
-from typing import List, Optional, Tuple
+import traceback
+from types import ModuleType
+from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 
-from plugqdisc.netns import sysctl
+from plugqdisc.netns import SO_RCVBUFFORCE, SO_SNDBUFFORCE, tcp_for_holding
 
 QUIET = 0.3  # how long "nothing arrives" is waited for
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@functools.lru_cache(maxsize=None)
+def setup_py() -> ModuleType:
+    """The repository's setup.py as a module (importing it builds nothing): the one home of
+    the C core's source list and of compiling C against libnl."""
+    spec = importlib.util.spec_from_file_location("plugqdisc_setup_py",
+                                                  os.path.join(ROOT, "setup.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def udp_pair() -> Tuple[socket.socket, socket.socket, Tuple[str, int]]:
@@ -54,9 +74,6 @@ def nothing_arrives(sock: socket.socket, wait: float = QUIET) -> bool:
     return False
 
 
-SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # root may go past net.core.[rw]mem_max
-
-
 def tcp_pair(big_buffers: bool = False) -> Tuple[socket.socket, socket.socket]:
     """(client, server side) of an established TCP connection on lo. big_buffers: 8 MB
     send and receive buffers, so that the receive window does not cap what is in flight."""
@@ -96,10 +113,7 @@ def let_tcp_fill_the_queue() -> None:
     """In this (test's own) namespace, let one TCP connection put a lot into the qdisc:
     TCP small queues and the initial congestion window otherwise keep all but about two
     segments in the socket, waiting for ACKs that the plug holds too."""
-    sysctl("net.ipv4.tcp_limit_output_bytes", 256 << 20)
-    sysctl("net.ipv4.tcp_autocorking", 0)
-    # else a window unused for an RTO is cut (RFC 2861)
-    sysctl("net.ipv4.tcp_slow_start_after_idle", 0)
+    tcp_for_holding()
     # rto_min: no retransmission timeout (and collapsed window) while segments are held
     sh("ip", "route", "replace", "local", "127.0.0.1", "dev", "lo", "table", "local",
        "initcwnd", "200", "initrwnd", "200", "rto_min", "60s")
@@ -132,3 +146,38 @@ class Sender(threading.Thread):
             self.sock.sendall(self.data)
         except BaseException as e:  # reported by the test
             self.error = e
+
+
+def report(w: int, **kw: Any) -> None:
+    """Send one JSON line on the pipe end W (from a child of fork_child)."""
+    os.write(w, (json.dumps(kw) + "\n").encode())
+
+
+def fork_child(body: Callable[[int], None]) -> Tuple[int, TextIO]:
+    """Run body(w) in a forked child, w the write end of a pipe to report() on. The child
+    never returns into pytest: it exits 0, or 1 after reporting {"error": traceback} if
+    BODY raised. Returns (its pid, to wait for; the read end of the pipe, as text)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(r)
+            body(w)
+        except BaseException:
+            code = 1
+            report(w, error=traceback.format_exc())
+        finally:
+            os._exit(code)
+    os.close(w)
+    return pid, os.fdopen(r)
+
+
+def in_child(fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+    """What fn() returns (a JSON-able dict) when run in a forked child; {"error": ...}
+    if it raised."""
+    pid, r = fork_child(lambda w: report(w, **fn()))
+    with r:
+        data = r.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)  # type: ignore[no-any-return]

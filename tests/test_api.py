@@ -81,22 +81,31 @@ def test_importing_has_no_side_effects() -> None:
 
 
 CHILD = r"""
-import ctypes, json, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-if libc.unshare(0x40000000) != 0:  # a private netns: never touch the host's lo
-    print(json.dumps({"skip": "unshare: " + os.strerror(ctypes.get_errno())})); sys.exit()
-import plugqdisc
+import json, sys
+from plugqdisc.netns import CLONE_NEWNET, unshare
 try:
-    q = plugqdisc.PlugQdisc("lo").attach()
-    print(json.dumps({"attached": True})); q.detach()
+    unshare(CLONE_NEWNET)  # a private netns: never touch the host's lo
 except OSError as e:
-    print(json.dumps({"cls": [c.__name__ for c in type(e).__mro__], "errno": e.errno,
-                      "msg": str(e)}))
+    print(json.dumps({"skip": str(e)})); sys.exit()
+import plugqdisc
+out = {}
+for api, attach in [("class", lambda: plugqdisc.PlugQdisc("lo").attach()),
+                    ("module", lambda: plugqdisc.attach("lo", limit=None))]:
+    try:
+        attach()
+        out[api] = {"attached": True}
+    except OSError as e:
+        out[api] = {"cls": [c.__name__ for c in type(e).__mro__], "errno": e.errno,
+                    "msg": str(e)}
+print(json.dumps(out))
 """
 
 
-def test_a_kernel_without_sch_plug_gives_kernelsupporterror() -> None:
-    """This machine's own kernel is one (tests run in the lab otherwise)."""
+@pytest.mark.parametrize("api", ["class", "module"])
+def test_a_kernel_without_sch_plug_gives_kernelsupporterror(api: str) -> None:
+    """This machine's own kernel is one (tests run in the lab otherwise). Both APIs, the
+    module's with limit=None as the class takes it, reach the kernel, in a private
+    network namespace (the host's lo is never touched)."""
     if os.environ.get("PLUGQDISC_INNER"):
         pytest.skip("inside the lab the kernel has sch_plug; this test is for the host")
     out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True)
@@ -105,6 +114,7 @@ def test_a_kernel_without_sch_plug_gives_kernelsupporterror() -> None:
     if "skip" in got:
         pytest.skip("cannot make a private network namespace here (%s): needs root or "
                     "user namespaces" % got["skip"])
+    got = got[api]
     if got.get("attached"):
         pytest.skip("this host's kernel has sch_plug")
     assert "KernelSupportError" in got["cls"] and "PlugQdiscError" in got["cls"], got
@@ -186,6 +196,11 @@ def test_a_match_is_immutable_hashable_and_readable() -> None:
     ({"direction": "ingress", "parent": "1:1"}, ValueError, "leave parent='root'"),
     ({"match": plugqdisc.Match(proto="udp"), "parent": "1:1"}, ValueError, "parent='root'"),
     ({"match": plugqdisc.Match(proto="udp"), "handle": "fffe:"}, ValueError, "fffe:"),
+    # the same handle however it is written (it is compared by value, as C compares it)
+    ({"match": plugqdisc.Match(proto="udp"), "handle": "FFFE:"}, ValueError, "fffe:"),
+    ({"match": plugqdisc.Match(proto="udp"), "handle": "fffe:0"}, ValueError, "fffe:"),
+    ({"match": plugqdisc.Match(proto="udp"), "handle": "FFFE:0", "direction": "ingress"},
+     ValueError, "fffe:"),
     ({"match": []}, ValueError, "match=[]"),
     ({"match": ["udp"]}, TypeError, "Match objects"),
     ({"match": "udp"}, TypeError, "match must be a Match"),
@@ -202,11 +217,11 @@ def test_bad_modes_are_refused_at_construction(kw, exc, words) -> None:  # type:
 # ---- inputs that used to escape (issue 9): clear errors in the user's terms, no hang ----
 
 @pytest.mark.parametrize("call, exc, words", [
-    (lambda q: q.wait_buffered(1, timeout=float("nan")), ValueError, "timeout must be a number of seconds, not NaN"),
-    (lambda q: q.wait_buffered(1, timeout=-1), ValueError, "timeout must be >= 0"),
+    (lambda q: q.wait_buffered(1, timeout=float("nan")), ValueError, "timeout must be a number of seconds >= 0 (None or inf: no limit), not nan"),
+    (lambda q: q.wait_buffered(1, timeout=-1), ValueError, "timeout must be a number of seconds >= 0"),
     (lambda q: q.wait_buffered(1, timeout="5"), TypeError, "timeout must be a number"),
     (lambda q: q.wait_buffered(-1), ValueError, "packets must be >= 0"),
-    (lambda q: q.detach(timeout=float("nan")), ValueError, "not NaN"),
+    (lambda q: q.detach(timeout=float("nan")), ValueError, "not nan"),
     (lambda q: q.detach(timeout=True), TypeError, "timeout must be a number"),
     (lambda q: q.set_limit(2**64), ValueError, "nbytes must be from 0 to 2**32-1"),
 ])
@@ -233,15 +248,49 @@ def test_bad_guard_and_netns_arguments(kw, exc, words) -> None:  # type: ignore[
     assert words in str(e.value)
 
 
-def test_huge_max_hold_means_no_limit() -> None:
-    for value in (float("inf"), 2**1100, 1e12):
-        assert PlugQdisc("lo", max_hold=value).max_hold == value  # accepted: no limit
-
-
-def test_module_level_attach_takes_limit_none_like_the_class() -> None:
-    with pytest.raises(TypeError):
+def test_module_level_attach_checks_limit_like_the_class() -> None:
+    """(limit=None reaching the kernel: test_a_kernel_without_sch_plug_gives_..., and
+    holding in the lab: test_errors_kernel.py's test_module_level_haproxy_api.)"""
+    with pytest.raises(TypeError, match="limit must be an int number of bytes or None"):
         plugqdisc.attach("lo", limit="x")  # type: ignore[arg-type]
-    try:
-        plugqdisc.attach("lo", limit=None)  # on this host's kernel: no sch_plug, or no root
-    except plugqdisc.PlugQdiscError:
-        pass  # the kernel's answer, after the arguments were accepted
+
+
+# ---- every step the C core can report has words in the messages ----
+
+#: Steps whose message deliberately says no "while ...", and why.
+WORDLESS = {
+    "none": "the step of no failure: nothing failed, there is nothing to say",
+    "not_attached": "the advice says it all (call attach() first), or the message replays "
+                    "the failed attach's own step",
+}
+
+
+@pytest.mark.parametrize("step", plugqdisc._plugqdisc.STEPS)
+def test_every_step_of_the_c_core_has_words(step: str) -> None:
+    from plugqdisc._errors import _STEP_WORDS, translate
+    assert step in _STEP_WORDS, "no words for the C core's step %r in _errors._STEP_WORDS" % step
+    e = OSError(errno.EINVAL, "Invalid argument")
+    e.step = step  # type: ignore[attr-defined]
+    msg = str(translate(e, "attach", "'lo'"))
+    if step in WORDLESS:
+        assert _STEP_WORDS[step] == "" and " while " not in msg, msg
+    else:
+        assert _STEP_WORDS[step] and "{" not in msg and " while %s:" % step not in msg, msg
+
+
+def test_the_words_name_only_steps_the_c_core_has() -> None:
+    from plugqdisc._errors import _STEP_WORDS
+    assert set(_STEP_WORDS) == set(plugqdisc._plugqdisc.STEPS)
+    assert set(WORDLESS) <= set(plugqdisc._plugqdisc.STEPS)
+
+
+def test_a_missing_namespace_is_named_with_what_to_pass() -> None:
+    """The same words as the command line's (tests/test_cli.py): one function opens a
+    namespace given by name or path, for attach, status, release and cleanup."""
+    q = PlugQdisc("lo", netns="plugqdisc-no-such-ns")
+    with pytest.raises(FileNotFoundError) as e:
+        q.attach()
+    assert e.value.filename == "/run/netns/plugqdisc-no-such-ns"
+    assert "`ip netns list` names them" in str(e.value) and "/proc/PID/ns/net" in str(e.value)
+    assert not q.connected
+    q.close()

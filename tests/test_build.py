@@ -41,3 +41,16 @@ def test_missing_pkg_config_names_the_packages(tmp_path) -> None:  # type: ignor
     p = setup_py(dict(os.environ, PATH=str(bindir)))
     assert p.returncode != 0
     assert "pkg-config" in p.stderr and PACKAGES in p.stderr
+
+
+def test_the_core_is_every_c_file_in_csrc_but_the_glue(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A file added to csrc/ is built into the extension, the C tests and nothing else
+    needs a list edit (setup.py's core_sources, which tests/ and bench/ use too)."""
+    from nettools import setup_py
+    build = setup_py()
+    here = sorted(n for n in os.listdir(os.path.join(ROOT, "csrc")) if n.endswith(".c"))
+    assert build.core_sources() == ["csrc/" + n for n in here if n != "module.c"]
+    (tmp_path / "csrc").mkdir()
+    for name in ("zz_new.c", "module.c", "a_new.c", "a_new.h", "notes.txt"):
+        (tmp_path / "csrc" / name).write_text("")
+    assert build.core_sources(str(tmp_path)) == ["csrc/a_new.c", "csrc/zz_new.c"]

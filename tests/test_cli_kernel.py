@@ -20,7 +20,7 @@ import pytest
 from nettools import nothing_arrives, recv_all, sh, udp_pair
 from plugqdisc import Match, PlugQdisc, _plugqdisc
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.plugqdisc
 
 CLI = [sys.executable, "-m", "plugqdisc"]
 

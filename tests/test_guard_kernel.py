@@ -14,18 +14,17 @@ import subprocess
 import sys
 import textwrap
 import time
-import traceback
 import warnings
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, List
 
 import pytest
 
 import plugqdisc
-from nettools import QUIET, sh
+from nettools import QUIET, fork_child, report, sh
 from plugqdisc import Match, PlugQdisc, PlugQdiscPermissionError, plugged
 from plugqdisc._plugqdisc import guardian_pid
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.plugqdisc
 
 RELEASE_BOUND = 0.5  # seconds: the promise
 MODES: Dict[str, Dict[str, Any]] = {
@@ -50,27 +49,6 @@ def gone(pid: int, within: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return False
-
-
-def fork_holder(body: Callable[[int], None]) -> "tuple[int, Any]":
-    """Fork a holder running body(w) (w: a pipe end to report JSON lines on); it never
-    returns into pytest. Returns (pid, reader)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            body(w)
-        except BaseException:
-            report(w, error=traceback.format_exc())
-        finally:
-            os._exit(0)
-    os.close(w)
-    return pid, os.fdopen(r)
-
-
-def report(w: int, **kw: Any) -> None:
-    os.write(w, (json.dumps(kw) + "\n").encode())
 
 
 def udp_receiver() -> socket.socket:
@@ -109,7 +87,7 @@ def test_a_holder_that_dies_is_released_within_half_a_second(death: str, mode: s
             ctypes.string_at(0)  # a real segmentation fault
         time.sleep(60)
 
-    pid, r = fork_holder(holder)
+    pid, r = fork_child(holder)
     guardian = json.loads(r.readline())["guardian"]
     assert guardian > 0
     rx.settimeout(QUIET)
@@ -158,7 +136,7 @@ def test_a_holder_in_another_namespace_is_guarded_too() -> None:
             report(w, guardian=guardian_pid())
             time.sleep(60)
 
-        pid, r = fork_holder(holder)
+        pid, r = fork_child(holder)
         guardian = json.loads(r.readline())["guardian"]
         assert qdiscs().count(" plug ") == 3 and "pqifb" in state()
         os.kill(pid, signal.SIGKILL)
@@ -188,7 +166,7 @@ def test_max_hold_releases_a_stopped_holder_and_the_holder_learns_of_it() -> Non
         report(w, buffering=q.is_buffering, expired=q.expired)
         q.detach()
 
-    pid, r = fork_holder(holder)
+    pid, r = fork_child(holder)
     assert json.loads(r.readline()) == {"buffering": True, "expired": False}
     t0 = time.monotonic()
     assert recv_n(rx, 1, timeout=5) == [b"held"]
@@ -213,6 +191,22 @@ def test_without_expiry_a_hold_lasts() -> None:
             rx.recv(100)
         q.release()  # before max_hold: the guardian is told, and stands down
         assert recv_n(rx, 1) == [b"held"] and not q.expired
+    rx.close()
+
+
+# 4294967.297 s is 2**32 + 1 ms: wrapped to 32 bits it would be a 1 ms hold.
+@pytest.mark.parametrize("max_hold", [4294967.295, 4294967.297, 1e12, float("inf"), 2**1100])
+def test_a_huge_max_hold_means_no_limit(max_hold: float) -> None:
+    rx = udp_receiver()
+    with plugged("lo", max_hold=max_hold) as q:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            tx.sendto(b"held", rx.getsockname())
+        assert q.wait_buffered(1, timeout=5).qlen == 1
+        rx.settimeout(QUIET)
+        with pytest.raises(socket.timeout):
+            rx.recv(100)
+        assert q.is_buffering and not q.expired and q.stats().qlen == 1
+    assert recv_n(rx, 1) == [b"held"]  # released on the way out
     rx.close()
 
 
@@ -259,7 +253,7 @@ def test_one_guardian_per_process_kept_until_the_process_exits() -> None:
         out["guardian"] = g
         report(w, **out)
 
-    pid, r = fork_holder(holder)
+    pid, r = fork_child(holder)
     out = json.loads(r.readline())
     os.waitpid(pid, 0)
     assert out["at_start"] == 0 and out["unguarded"] == 0
@@ -286,7 +280,7 @@ def test_a_forked_child_that_holds_is_guarded_in_its_own_right() -> None:
         report(w, guardian=guardian_pid())
         time.sleep(60)
 
-    pid, r = fork_holder(child)
+    pid, r = fork_child(child)
     child_guardian = json.loads(r.readline())["guardian"]
     assert child_guardian not in (0, parent_guardian)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
@@ -359,13 +353,11 @@ def test_a_forked_childs_exit_leaves_the_parents_hold_alone() -> None:
     rx = udp_receiver()
     q = PlugQdisc("lo").attach()
     q.buffer()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            plugqdisc._guard._at_exit()  # what the child's interpreter exit would run
-        finally:
-            os._exit(0)
-    os.waitpid(pid, 0)
+    # what the child's interpreter exit would run
+    pid, r = fork_child(lambda w: plugqdisc._guard._at_exit())
+    _, status = os.waitpid(pid, 0)
+    with r:
+        assert status == 0, r.read()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
         tx.sendto(b"still held", rx.getsockname())
     rx.settimeout(QUIET)

@@ -4,7 +4,6 @@ held and released in order; everything else flows; the device is left as found."
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import socket
@@ -16,13 +15,11 @@ import pytest
 
 from nettools import QUIET, sh
 from plugqdisc import Match, PlugQdisc, PlugQdiscError, plugged
+from plugqdisc.netns import CLONE_NEWNET, SO_RCVBUFFORCE, setns
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.plugqdisc
 
 SO_MARK = 36
-SO_RCVBUFFORCE = 33
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 # ---- traffic ---------------------------------------------------------------------------
@@ -402,10 +399,10 @@ def peer_namespace() -> Iterator[Callable[[int, int], socket.socket]]:
         ours = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
         theirs = os.open("/run/netns/pqpeer", os.O_RDONLY)
         try:
-            assert _libc.setns(theirs, CLONE_NEWNET) == 0
+            setns(theirs, CLONE_NEWNET)
             return socket.socket(family, kind)
         finally:
-            assert _libc.setns(ours, CLONE_NEWNET) == 0
+            setns(ours, CLONE_NEWNET)
             os.close(ours), os.close(theirs)
 
     try:

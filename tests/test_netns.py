@@ -117,6 +117,17 @@ def test_sysctl_sets_the_namespace_own_value() -> None:
     assert read(CORKING) == before
 
 
+def test_tcp_for_holding_sets_the_namespace_own_tcp_sysctls() -> None:
+    from plugqdisc.netns import TCP_HOLD_SYSCTLS, tcp_for_holding
+    path = {name: "/proc/sys/" + name.replace(".", "/") for name in TCP_HOLD_SYSCTLS}
+    before = {name: read(p) for name, p in path.items()}
+    with NetNamespace():
+        assert tcp_for_holding() == {name: True for name in TCP_HOLD_SYSCTLS}
+        assert {name: read(p) for name, p in path.items()} == {
+            name: str(value) for name, value in TCP_HOLD_SYSCTLS.items()}
+    assert {name: read(p) for name, p in path.items()} == before
+
+
 def test_a_missing_sysctl_is_named_or_reported() -> None:
     with pytest.raises(FileNotFoundError, match="no sysctl net.ipv4.no_such_knob"):
         sysctl("net.ipv4.no_such_knob", 1)

@@ -15,7 +15,7 @@ import pytest
 import plugqdisc
 from plugqdisc import Match, PlugQdisc, PlugQdiscError, plugged
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.plugqdisc
 
 SEED = 20261128
 FUZZ_SECONDS = 10.0
@@ -24,7 +24,8 @@ FUZZ_SECONDS = 10.0
 POOL: List[Any] = [
     None, True, False, -1, 0, 1, 7, 80, 65535, 65536, 2**31, 2**32, 2**64, 2**1100, -2**70,
     0.0, 0.01, 1.5, -0.5, float("nan"), float("inf"), float("-inf"), "", "lo", "nosuch0",
-    "1:", "2:", "root", "none", "ffff:", "fffe:", "1:2", "1:2:3", "zz", "x" * 20, "a/b",
+    "1:", "2:", "root", "none", "ffff:", "fffe:", "FFFE:", "fffe:0", "1:2", "1:2:3", "zz",
+    "x" * 20, "a/b",
     "tcp", "udp", "icmp", "ingress", "egress", "::1", "127.0.0.1", "10.0.0.0/8",
     "10.0.0.300", b"lo", (1, 2), (2, 1), (1, 2, 3), [], [1], {}, object(),
     Match(proto="udp"), [Match(dport=9)], (0x40, 0xF0),

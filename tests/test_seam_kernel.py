@@ -21,7 +21,7 @@ from plugqdisc import (DeviceNotFoundError, KernelSupportError, ParentNotFoundEr
                        PlugQdisc, PlugQdiscError)
 from plugqdisc import lab
 
-pytestmark = pytest.mark.kernel
+pytestmark = pytest.mark.plugqdisc
 
 
 def failure(fn: Callable[[], object]) -> PlugQdiscError:

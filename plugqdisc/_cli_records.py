@@ -1,4 +1,4 @@
-"""The registry: which holds plugqdisc made, and which process made them.
+"""Records for the command line: which holds plugqdisc made, and which process made them.
 
 Nothing in the kernel says who made a qdisc. So when a :class:`PlugQdisc` attach
 *creates* its plug (or its match tree, or its ingress ifb), it writes one small
@@ -9,13 +9,16 @@ names and whose creator is no longer alive (the pid is gone, or belongs to a
 process started later). A plug qdisc without a record (made by ``tc``, or by a
 holder that could not write here) is never removed by cleanup.
 
-Best effort: where the folder cannot be written (not root, a read-only
-``/run``), attach goes on without a record. Importing this module touches
+Best effort: where the folder cannot be written (EACCES: not root; EROFS: a
+read-only ``/run``), attach goes on without a record, and the process stops
+trying; any other failure (a full ``/run``, a namespace it may not enter) costs
+that one record only. Importing this module touches
 nothing; the first attach that records reads this process's start time once.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -23,18 +26,13 @@ import struct
 from typing import Any, List, NamedTuple, Optional, Tuple
 
 from . import _plugqdisc
+from ._util import ROOT, open_netns
 
 #: Where the records live (a tmpfs: they vanish with the boot, as the qdiscs do).
 RUN_DIR = "/run/plugqdisc"
-#: The match tree's prio qdisc, and the class of its band that has the plug.
-TREE_HANDLE = 0xFFFE0000
-TREE_PLUG_CLASS = 0xFFFE0002
-ROOT = 0xFFFFFFFF
 #: getsockopt(SOL_SOCKET, SO_NETNS_COOKIE) (Linux 5.14): the namespace's 64-bit cookie.
 SO_NETNS_COOKIE = 71
 _THREAD_NS = "/proc/thread-self/ns/net"
-#: An ingress hold's ifb is this prefix and the held device's ifindex.
-IFB_PREFIX = "pqifb"
 
 
 class Record(NamedTuple):
@@ -57,7 +55,9 @@ class Record(NamedTuple):
 
 
 _me: Optional[Tuple[int, int]] = None  # (pid, start time) of this process, once read
-_unwritable = False  # RUN_DIR could not be written: do not try on every attach
+_unwritable = False  # RUN_DIR can never be written here: do not try on every attach
+#: The errors that say so (EPERM is not one: setns gives it for a namespace, not RUN_DIR).
+_NEVER_WRITABLE = (errno.EACCES, errno.EROFS)
 
 
 def _forget_me() -> None:
@@ -89,7 +89,7 @@ def mode_of(q: Any) -> Tuple[str, int]:
     if q.direction == "ingress":
         return "ingress", ROOT
     if q.match is not None:
-        return "match", TREE_PLUG_CLASS
+        return "match", _plugqdisc.TREE_PLUG_CLASS
     return "plain", int(_plugqdisc.parse_handle(q.parent) or 0)
 
 
@@ -109,10 +109,8 @@ def netns_id(netns: Any) -> str:
     Raises OSError when it cannot be entered."""
     if netns is None:
         return _cookie_here()
-    from . import _netns_path
     from .netns import CLONE_NEWNET, setns
-    fd = netns if isinstance(netns, int) else os.open(_netns_path(netns),
-                                                      os.O_RDONLY | os.O_CLOEXEC)
+    fd, own = open_netns(netns)
     saved = os.open(_THREAD_NS, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if os.fstat(saved).st_ino == os.fstat(fd).st_ino:
@@ -124,7 +122,7 @@ def netns_id(netns: Any) -> str:
             setns(saved, CLONE_NEWNET)
     finally:
         os.close(saved)
-        if fd is not netns:
+        if own:
             os.close(fd)
 
 
@@ -151,12 +149,21 @@ def record(q: Any) -> Optional[str]:
             os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            os.write(fd, body.encode())
+            data = body.encode()
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, "short write", path)
+        except OSError:
+            forget(path)  # a half record would only confuse cleanup
+            raise
         finally:
             os.close(fd)
         return path
-    except OSError:
-        _unwritable = True  # best effort: holding matters more than the record
+    except OSError as e:
+        # Best effort: holding matters more than the record. Only a folder this process
+        # may never write (not root, a read-only /run) turns records off for good;
+        # anything else (a full /run, a namespace it cannot enter) costs this record only.
+        if e.errno in _NEVER_WRITABLE:
+            _unwritable = True
         return None
 
 

@@ -1,4 +1,4 @@
-"""What the command line's status, release and cleanup see and do.
+"""What the command line's status, release and cleanup see and do (the qdiscs of a namespace).
 
 One dump of the namespace's qdiscs and links (``_plugqdisc.list_qdiscs``) tells
 every plug qdisc apart: *plain* (anywhere on a device), *match* (the plug in
@@ -16,9 +16,10 @@ import os
 import time
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from . import Match, Netns, PlugQdisc, _netns_path, _plugqdisc, _registry
-from ._errors import handle_text
-from ._registry import IFB_PREFIX, ROOT, TREE_HANDLE, TREE_PLUG_CLASS, Record
+from . import Match, PlugQdisc, _cli_records, _plugqdisc
+from ._cli_records import Record
+from ._plugqdisc import IFB_PREFIX, TREE_HANDLE, TREE_PLUG_CLASS
+from ._util import ROOT, Netns, handle_text, open_netns
 
 #: How long a released hold may take to drain before cleanup gives up on it.
 DRAIN_TIMEOUT = 5.0
@@ -53,21 +54,6 @@ class Plug(NamedTuple):
     recorded: bool  #: whether the registry knows who made it
 
 
-def open_netns(netns: Netns) -> Tuple[int, bool]:
-    """(fd for list_qdiscs, -1 for this thread's namespace; whether we opened it)."""
-    if netns is None:
-        return -1, False
-    if isinstance(netns, int):
-        return netns, False
-    path = _netns_path(netns)
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC), True
-    except FileNotFoundError as e:
-        raise FileNotFoundError(e.errno, "no network namespace at %s: `ip netns list` names "
-                                "them; or give a path such as /proc/PID/ns/net" % path,
-                                path) from None
-
-
 class Inventory:
     """The qdiscs and links of one namespace, as one dump found them."""
 
@@ -83,8 +69,8 @@ class Inventory:
         self.names: Dict[int, str] = {i: name for i, name, _ in links}
         self.index: Dict[str, int] = {name: i for i, name, _ in links}
         self.kinds: Dict[int, str] = {i: kind for i, _, kind in links}
-        self.netns_id = _registry.netns_id(netns)
-        self.records = _registry.records(self.netns_id)
+        self.netns_id = _cli_records.netns_id(netns)
+        self.records = _cli_records.records(self.netns_id)
 
     def find(self, ifindex: int, kind: str, *, parent: Optional[int] = None,
              handle: Optional[int] = None) -> Optional[Qdisc]:
@@ -152,7 +138,7 @@ class Inventory:
             if (q.kind == "prio" and q.handle == TREE_HANDLE and q.parent == ROOT
                     and not any(r.ifindex == q.ifindex and r.mode == "match"
                                 for r in self.records)):
-                out.append("the match tree (prio fffe:) on %s" % name)
+                out.append("the match tree (prio %s) on %s" % (handle_text(TREE_HANDLE), name))
         for i, name in self.names.items():
             if not (name.startswith(IFB_PREFIX) and self.kinds.get(i) == "ifb"):
                 continue
