@@ -41,6 +41,7 @@ except ImportError as e:  # say what to do (a source tree hiding the installed p
     raise import_failed(e) from e
 from . import _guard, _registry
 from ._match import Match, terms_of
+from ._words import PYTHON, Python
 from ._errors import (DeviceNotFoundError, KernelSupportError, ParentNotFoundError,
                       PlugQdiscError, PlugQdiscPermissionError, not_attached_default,
                       optional_number, translate)
@@ -186,6 +187,8 @@ class PlugQdisc(_plugqdisc.Qdisc):
     class extends; this layer adds the checks, the words and the context manager.
     """
 
+    _words: Python = PYTHON  # how its errors name options (the command line's: --replace)
+
     def __init__(
         self,
         device: Union[str, int],
@@ -241,7 +244,8 @@ class PlugQdisc(_plugqdisc.Qdisc):
         dev = self.device
         return translate(e, action, self._where, parent=self._parent, handle=self._handle,
                          ifindex=dev if isinstance(dev, int) else 0,
-                         ingress=self._direction == "ingress")
+                         ingress=self._direction == "ingress", netns=self._netns,
+                         spelling=self._words)
 
     def _netns_fd(self) -> "tuple[int, bool]":
         """(fd of the namespace to work in or -1, whether we opened it), for the first
