@@ -28,6 +28,8 @@ managers); ``plugqdisc._plugqdisc`` is the C glue over libnl.
 
 from __future__ import annotations
 
+__version__ = "0.1.0"  # the one place: pyproject.toml reads it (setuptools attr)
+
 import contextlib
 import errno as _errno
 import os
