@@ -42,7 +42,7 @@ except ImportError as e:  # say what to do (a source tree hiding the installed p
     from ._extension import import_failed
     raise import_failed(e) from e
 from . import _guard, _registry
-from ._match import Match, terms_of
+from ._match import Address, Match, Ports, terms_of
 from ._words import PYTHON, Python
 from ._errors import (DeviceNotFoundError, KernelSupportError, ParentNotFoundError,
                       PlugQdiscError, PlugQdiscPermissionError, not_attached_default,

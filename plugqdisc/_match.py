@@ -144,8 +144,8 @@ class Match:
 
     ``proto``: ``"tcp"``, ``"udp"``, ``"icmp"`` (ICMP or ICMPv6 by family) or a
     protocol number. ``src``, ``dst``: an address or network (str or
-    :mod:`ipaddress` object); one pins the family, without one IPv4 and IPv6
-    both match. ``sport``, ``dport``: a port, or an inclusive range ``(low,
+    :mod:`ipaddress` object; an interface object stands for its network); one
+    pins the family, without one IPv4 and IPv6 both match. ``sport``, ``dport``: a port, or an inclusive range ``(low,
     high)``; with ``proto=None`` a port matches TCP and UDP. ``syn=True``: TCP
     segments with SYN set and ACK clear (connection attempts). ``mark``: the
     packet's fwmark, an int or ``(value, mask)``, as set by ``SO_MARK``,
