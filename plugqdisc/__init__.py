@@ -28,6 +28,8 @@ managers); ``plugqdisc._plugqdisc`` is the C glue over libnl.
 
 from __future__ import annotations
 
+__version__ = "0.1.0"  # the one place: pyproject.toml reads it (setuptools attr)
+
 import contextlib
 import errno as _errno
 import os
@@ -40,7 +42,8 @@ except ImportError as e:  # say what to do (a source tree hiding the installed p
     from ._extension import import_failed
     raise import_failed(e) from e
 from . import _cli_records, _guard
-from ._match import Match, terms_of
+from ._match import Address, Match, Ports, terms_of
+from ._words import PYTHON, Python
 from ._errors import (DeviceNotFoundError, KernelSupportError, ParentNotFoundError,
                       PlugQdiscError, PlugQdiscPermissionError, not_attached_default,
                       translate)
@@ -181,6 +184,8 @@ class PlugQdisc(_plugqdisc.Qdisc):
     class extends; this layer adds the checks, the words and the context manager.
     """
 
+    _words: Python = PYTHON  # how its errors name options (the command line's: --replace)
+
     def __init__(
         self,
         device: Union[str, int],
@@ -239,7 +244,8 @@ class PlugQdisc(_plugqdisc.Qdisc):
         dev = self.device
         return translate(e, action, self._where, parent=self._parent, handle=self._handle,
                          ifindex=dev if isinstance(dev, int) else 0,
-                         ingress=self._direction == "ingress")
+                         ingress=self._direction == "ingress", netns=self._netns,
+                         spelling=self._words)
 
     def _netns_fd(self) -> "tuple[int, bool]":
         """(fd of the namespace to work in or -1, whether we opened it), for the first

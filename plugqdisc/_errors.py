@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from typing import Dict, Tuple, Type
+from typing import Any, Dict, Optional, Tuple, Type
 
 from ._util import handle_text
+from ._words import PYTHON, Python
 
 LAB_HINT = "python -m plugqdisc.lab -- CMD (a User-Mode Linux kernel with sch_plug)"
 
@@ -26,6 +27,8 @@ class PlugQdiscError(OSError):
     ``device`` the device's name.
     """
 
+    __module__ = "plugqdisc"  # as users import it, in tracebacks and pickles
+
     step: str = ""
     kernel_message: str = ""
     device: str = ""
@@ -37,18 +40,26 @@ class KernelSupportError(PlugQdiscError):
     ``cls_matchall``, ``ifb``, ``sch_ingress`` or ``act_mirred``. The message names the
     module, how to load it, and the lab."""
 
+    __module__ = "plugqdisc"  # as users import it, in tracebacks and pickles
+
 
 class DeviceNotFoundError(PlugQdiscError):
     """No network device of that name or index (or it vanished)."""
+
+    __module__ = "plugqdisc"  # as users import it, in tracebacks and pickles
 
 
 class ParentNotFoundError(PlugQdiscError):
     """The parent the qdisc was to hang from (a class like ``1:1``) is not there."""
 
+    __module__ = "plugqdisc"  # as users import it, in tracebacks and pickles
+
 
 class PlugQdiscPermissionError(PlugQdiscError, PermissionError):
     """The caller lacks a capability: ``CAP_NET_ADMIN`` in the device's network
     namespace, or ``CAP_SYS_ADMIN`` to enter another namespace."""
+
+    __module__ = "plugqdisc"  # as users import it, in tracebacks and pickles
 
 
 # What each step of the C core (_plugqdisc.STEPS) is, in the user's words; "" for the
@@ -84,9 +95,42 @@ _MODULES = {"prio": "sch_prio", "ingress": "sch_ingress", "flower": "cls_flower"
             "fw": "cls_fw", "matchall": "cls_matchall", "ifb": "ifb"}
 
 
-def _class_and_advice(code: int, step: str, e: OSError, ctx: Dict[str, str]
+def _taken_handle(e: OSError, ctx: Dict[str, str], w: Python, netns: Any) -> Optional[str]:
+    """Advice when the kernel refused to create the plug because its handle is another
+    qdisc's on the device ("Cannot move an existing qdisc to a different parent"), naming
+    a free handle; None if the handle is not taken (one dump of the device's qdiscs)."""
+    from . import _plugqdisc
+    from ._cli_inventory import Inventory
+    handle = _plugqdisc.parse_handle(ctx["handle"])
+    parent = _plugqdisc.parse_handle(ctx["parent"])
+    try:
+        inv = Inventory(netns)
+    except OSError:
+        return None
+    ifindex = inv.index.get(ctx["name"])
+    if ifindex is None or handle is None:
+        return None
+    mine = [q for q in inv.qdiscs if q.ifindex == ifindex]
+    owner = next((q for q in mine if q.handle == handle), None)
+    if owner is None:
+        return None
+    # the tree's prio and the ingress qdisc (ffff:) take theirs when a hold is made
+    used = {q.handle >> 16 for q in mine} | {_plugqdisc.TREE_HANDLE >> 16, 0xFFFF}
+    free = next(m for m in range(1, 0x10000) if m not in used)
+    if parent is not None and parent >> 16 == handle >> 16 and parent & 0xFFFF:
+        whose = "the %s qdisc that class %s belongs to" % (owner.kind, ctx["parent"])
+    else:
+        whose = "a %s qdisc at %s" % (owner.kind, handle_text(owner.parent))
+    return ("handle %s is taken on %s by %s, and a handle names one qdisc on a device: give "
+            "the plug a free one, such as %s" % (ctx["handle"], ctx["device"], whose,
+                                                 w.setting("handle", "%x:" % free)))
+
+
+def _class_and_advice(code: int, step: str, e: OSError, ctx: Dict[str, str],
+                      w: Python = PYTHON, netns: Any = None
                       ) -> Tuple[Type[PlugQdiscError], str]:
-    """(exception class, what happened and what to do) for errno CODE at STEP."""
+    """(exception class, what happened and what to do) for errno CODE at STEP; the
+    advice names options as W spells them (Python or the command line)."""
     if code in (_errno.EPERM, _errno.EACCES):
         if step == "enter_netns":
             return PlugQdiscPermissionError, (
@@ -125,8 +169,8 @@ def _class_and_advice(code: int, step: str, e: OSError, ctx: Dict[str, str]
     if code == _errno.EEXIST and step == "make_ifb":
         return PlugQdiscError, (
             "an ifb device of ours is already there for %s (left by a holder that died?): "
-            "pass replace=True to take it over, or delete it (`ip link del pqifbN`)"
-            % ctx["device"])
+            "%s to take it over, or delete it (`ip link del pqifbN`)"
+            % (ctx["device"], w.replace))
     if step == "find_parent":
         return ParentNotFoundError, (
             "the parent %s does not exist on %s: create its qdisc and class first "
@@ -134,10 +178,15 @@ def _class_and_advice(code: int, step: str, e: OSError, ctx: Dict[str, str]
             "parent='root'" % (ctx["parent"], ctx["device"], ctx["name"], ctx["name"]))
     if code == _errno.EEXIST and step == "occupied":
         return PlugQdiscError, (
-            "a %s qdisc (handle %s) is already at %s of %s: pass replace=True to replace it "
-            "(it is deleted), or use another parent/handle"
+            "a %s qdisc (handle %s) is already at %s of %s: %s to replace it (it is deleted, "
+            "with what it holds)%s"
             % (ctx["found"] or "?", handle_text(getattr(e, "found_handle", 0)),
-               ctx["parent"], ctx["device"]))
+               ctx["parent"], ctx["device"], w.replace,
+               ", or %s" % w.elsewhere if w.elsewhere else ""))
+    if code == _errno.EINVAL and step == "create":
+        taken = _taken_handle(e, ctx, w, netns)
+        if taken is not None:
+            return PlugQdiscError, taken
     if code == _errno.ENOENT and step in ("read_stats", "change", "adopt", "delete"):
         if not ctx["found"]:
             found = "nothing is there now"
@@ -147,13 +196,13 @@ def _class_and_advice(code: int, step: str, e: OSError, ctx: Dict[str, str]
             found = "a %s qdisc (handle %s) is there now" % (
                 ctx["found"], handle_text(getattr(e, "found_handle", 0)))
         return PlugQdiscError, (
-            "the plug qdisc %s at %s of %s is gone (deleted by someone else? %s): attach() "
-            "again" % (ctx["handle"], ctx["parent"], ctx["device"], found))
+            "the plug qdisc %s at %s of %s is gone (deleted by someone else? %s): %s"
+            % (ctx["handle"], ctx["parent"], ctx["device"], found, w.again))
     if code == _errno.ETIMEDOUT and step == "drain":
         return PlugQdiscError, (
             "%d released packets were still queued after %d ms; nothing was dropped: the "
-            "qdisc is left in place, passing traffic; call detach() again, with a longer "
-            "timeout" % (getattr(e, "held", 0), getattr(e, "waited_ms", 0)))
+            "qdisc is left in place, passing traffic; %s"
+            % (getattr(e, "held", 0), getattr(e, "waited_ms", 0), w.drain))
     if code == _errno.ENOTCONN and step == "not_attached":
         return PlugQdiscError, "it is not attached: call attach() first, or use `with`"
     if code == _errno.EINVAL and step == "enter_netns":
@@ -166,9 +215,11 @@ def _class_and_advice(code: int, step: str, e: OSError, ctx: Dict[str, str]
 
 
 def translate(e: OSError, action: str, where: str, *, parent: str = "root",
-              handle: str = "1:", ifindex: int = 0, ingress: bool = False) -> PlugQdiscError:
+              handle: str = "1:", ifindex: int = 0, ingress: bool = False,
+              netns: Any = None, spelling: Python = PYTHON) -> PlugQdiscError:
     """The exception a user can act on, for the glue's OSError E raised by ACTION
-    (``"attach"``, ``"buffer"``, ...) on WHERE (the device and place, in words)."""
+    (``"attach"``, ``"buffer"``, ...) on WHERE (the device and place, in words), in the
+    namespace NETNS; the advice names options as SPELLING spells them."""
     code = e.errno or _errno.EIO
     step = str(getattr(e, "step", "") or "")
     attach_errno = int(getattr(e, "attach_errno", 0) or 0)
@@ -181,7 +232,7 @@ def translate(e: OSError, action: str, where: str, *, parent: str = "root",
            "ingress": "ingress" if ingress else "",
            "name": device or "DEV", "parent": parent, "handle": handle,
            "found": str(getattr(e, "found_kind", "") or ""), "action": action}
-    cls, advice = _class_and_advice(code, step, e, ctx)
+    cls, advice = _class_and_advice(code, step, e, ctx, spelling, netns)
     words = _STEP_WORDS.get(step, step).format(**ctx)
     kernel = str(getattr(e, "kernel_message", "") or "")
     if replay:

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+from ._words import COMMAND_LINE, PYTHON, Python
+
+#: An address or network: a str (``"10.0.0.1"``, ``"10.0.0.0/8"``, ``"::1"``) or an
+#: :mod:`ipaddress` address, network or interface (an interface stands for its network).
 Address = Union[str, ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv4Network,
-                ipaddress.IPv6Network]
+                ipaddress.IPv6Network, ipaddress.IPv4Interface, ipaddress.IPv6Interface]
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+#: A port, or an inclusive range ``(low, high)``.
 Ports = Union[int, Tuple[int, int]]
+_FIELDS = ("proto", "src", "dst", "sport", "dport", "syn", "mark")
 
 _PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 _ICMP = {4: socket.IPPROTO_ICMP, 6: socket.IPPROTO_ICMPV6}
@@ -20,7 +26,7 @@ from ._plugqdisc import TERM_FLOWER as _FLOWER, TERM_MARK as _MARK  # noqa: E402
 Term = Tuple[Any, ...]
 
 
-def _proto(value: Union[str, int, None]) -> Union[str, int, None]:
+def _proto(value: Union[str, int, None], w: Python) -> Union[str, int, None]:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int)):
@@ -29,19 +35,23 @@ def _proto(value: Union[str, int, None]) -> Union[str, int, None]:
     if isinstance(value, str):
         name = value.lower()
         if name not in ("tcp", "udp", "icmp"):
-            raise ValueError("proto %r is not known: use 'tcp', 'udp', 'icmp' or a protocol "
-                             "number 0-255" % value)
+            raise ValueError("%s %s is not known: use %s, %s, %s or a protocol number 0-255"
+                             % (w.name("proto"), w.value(value), w.value("tcp"),
+                                w.value("udp"), w.value("icmp")))
         return name
     if not 0 <= value <= 255:
-        raise ValueError("proto must be a protocol number from 0 to 255, not %d" % value)
+        raise ValueError("%s must be a protocol number from 0 to 255, not %d"
+                         % (w.name("proto"), value))
     return value
 
 
-def _network(value: Optional[Address], field: str) -> Optional[Network]:
+def _network(value: Optional[Address], field: str, w: Python) -> Optional[Network]:
     if value is None:
         return None
     if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
         return value
+    if isinstance(value, (ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
+        return value.network  # an address with its prefix: as the str "10.0.0.1/24" is
     if isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
         return ipaddress.ip_network(value)
     if not isinstance(value, str):
@@ -50,11 +60,12 @@ def _network(value: Optional[Address], field: str) -> Optional[Network]:
     try:
         return ipaddress.ip_network(value, strict=False)
     except ValueError:
-        raise ValueError("%s: %r is not an IP address or network (for example '127.0.0.2', "
-                         "'10.0.0.0/8' or '::1')" % (field, value)) from None
+        raise ValueError("%s: %s is not an IP address or network (for example %s, %s or %s)"
+                         % (w.name(field), w.value(value), w.value("127.0.0.2"),
+                            w.value("10.0.0.0/8"), w.value("::1"))) from None
 
 
-def _ports(value: Optional[Ports], field: str) -> Optional[Tuple[int, int]]:
+def _ports(value: Optional[Ports], field: str, w: Python) -> Optional[Tuple[int, int]]:
     if value is None:
         return None
     pair = value if isinstance(value, tuple) else (value, value)
@@ -64,14 +75,15 @@ def _ports(value: Optional[Ports], field: str) -> Optional[Tuple[int, int]]:
     lo, hi = pair
     for p in pair:
         if not 1 <= p <= 65535:
-            raise ValueError("%s: port %d is out of range: ports are 1 to 65535" % (field, p))
+            raise ValueError("%s: port %d is out of range: ports are 1 to 65535"
+                             % (w.name(field), p))
     if lo > hi:
-        raise ValueError("%s: the range (%d, %d) is reversed: write (%d, %d)"
-                         % (field, lo, hi, hi, lo))
+        raise ValueError("%s: the range %s is reversed: write %s"
+                         % (w.name(field), w.ports(lo, hi), w.ports(hi, lo)))
     return lo, hi
 
 
-def _mark(value: Union[int, Tuple[int, int], None]) -> Optional[Tuple[int, int]]:
+def _mark(value: Union[int, Tuple[int, int], None], w: Python) -> Optional[Tuple[int, int]]:
     if value is None:
         return None
     pair = value if isinstance(value, tuple) else (value, 0xFFFFFFFF)
@@ -80,15 +92,51 @@ def _mark(value: Union[int, Tuple[int, int], None]) -> Optional[Tuple[int, int]]
                         % (value,))
     mark, mask = pair
     if not (0 <= mark < 2**32 and 0 < mask < 2**32):
-        raise ValueError("mark: value and mask are 32-bit (value 0 to 2**32-1, mask 1 to "
-                         "2**32-1), not %r" % (value,))
+        raise ValueError("%s: value and mask are 32-bit (value 0 to 2**32-1, mask 1 to "
+                         "2**32-1), not %s" % (w.name("mark"), w.mark(mark, mask)))
     if mark & mask != mark:
-        raise ValueError("mark: the value %#x has bits outside the mask %#x: write (%#x, %#x)"
-                         % (mark, mask, mark & mask, mask))
+        raise ValueError("%s: the value %#x has bits outside the mask %#x: write %s"
+                         % (w.name("mark"), mark, mask, w.mark(mark & mask, mask)))
     if mark == 0:
-        raise ValueError("mark: 0 is what every unmarked packet carries; give the marked "
-                         "packets a non-zero mark (SO_MARK, iptables MARK, nft meta mark set)")
+        raise ValueError("%s: 0 is what every unmarked packet carries; give the marked "
+                         "packets a non-zero mark (SO_MARK, iptables MARK, nft meta mark set)"
+                         % w.name("mark"))
     return mark, mask
+
+
+def _key(w: Python, proto: Union[str, int, None], src: Optional[Address],
+         dst: Optional[Address], sport: Optional[Ports], dport: Optional[Ports], syn: bool,
+         mark: Union[int, Tuple[int, int], None]) -> Tuple[Any, ...]:
+    """The checked, normalised fields of a Match; a refusal speaks as W spells."""
+    p = _proto(proto, w)
+    s, d = _network(src, "src", w), _network(dst, "dst", w)
+    sp, dp = _ports(sport, "sport", w), _ports(dport, "dport", w)
+    if not isinstance(syn, bool):
+        raise TypeError("syn must be True or False, not %s" % type(syn).__name__)
+    m = _mark(mark, w)
+    if s is not None and d is not None and s.version != d.version:
+        raise ValueError("%s and %s are of different families: a packet is IPv4 or IPv6, "
+                         "never both" % (w.setting("src", str(src)),
+                                         w.setting("dst", str(dst))))
+    if syn and p not in (None, "tcp", socket.IPPROTO_TCP):
+        raise ValueError("%s selects TCP connection attempts: it cannot go with %s (drop %s, "
+                         "or use %s)" % (w.flag("syn"), w.setting("proto", proto),
+                                         w.name("proto"), w.setting("proto", "tcp")))
+    if (sp or dp) and not (p is None or p in ("tcp", "udp") or p in _WITH_PORTS):
+        raise ValueError("ports need a protocol that has them: %s has none (use %s, %s, or "
+                         "no %s for both)" % (w.setting("proto", proto),
+                                              w.setting("proto", "tcp"),
+                                              w.setting("proto", "udp"), w.name("proto")))
+    if m is not None and (p is not None or s or d or sp or dp or syn):
+        raise ValueError("%s cannot be combined with other %s: Linux 6.1's flower classifier "
+                         "has no mark key and fw matches the mark alone; mark exactly the "
+                         "packets to hold with your netfilter rule%s"
+                         % (w.name("mark"), w.fields,
+                            ", or pass %s to hold either" % w.either if w.either else ""))
+    if p is None and s is None and d is None and not (sp or dp or syn) and m is None:
+        raise ValueError("Match() with no field matches everything: use match=None to "
+                         "hold every packet")
+    return (p, s, d, sp, dp, syn, m)
 
 
 class Match:
@@ -96,14 +144,16 @@ class Match:
 
     ``proto``: ``"tcp"``, ``"udp"``, ``"icmp"`` (ICMP or ICMPv6 by family) or a
     protocol number. ``src``, ``dst``: an address or network (str or
-    :mod:`ipaddress` object); one pins the family, without one IPv4 and IPv6
-    both match. ``sport``, ``dport``: a port, or an inclusive range ``(low,
+    :mod:`ipaddress` object; an interface object stands for its network); one
+    pins the family, without one IPv4 and IPv6 both match. ``sport``, ``dport``: a port, or an inclusive range ``(low,
     high)``; with ``proto=None`` a port matches TCP and UDP. ``syn=True``: TCP
     segments with SYN set and ACK clear (connection attempts). ``mark``: the
     packet's fwmark, an int or ``(value, mask)``, as set by ``SO_MARK``,
-    iptables ``MARK`` or nftables ``meta mark set``. Immutable and hashable.
+    iptables ``MARK`` or nftables ``meta mark set``. Immutable and hashable; copies,
+    deep copies and pickles are equal to it.
     """
 
+    __module__ = "plugqdisc"  # its public name, in reprs of the class, docs and pickles
     __slots__ = ("_key",)
     _key: Tuple[Any, ...]
 
@@ -111,33 +161,24 @@ class Match:
                  dst: Optional[Address] = None, sport: Optional[Ports] = None,
                  dport: Optional[Ports] = None, syn: bool = False,
                  mark: Union[int, Tuple[int, int], None] = None) -> None:
-        p = _proto(proto)
-        s, d = _network(src, "src"), _network(dst, "dst")
-        sp, dp = _ports(sport, "sport"), _ports(dport, "dport")
-        if not isinstance(syn, bool):
-            raise TypeError("syn must be True or False, not %s" % type(syn).__name__)
-        m = _mark(mark)
-        if s is not None and d is not None and s.version != d.version:
-            raise ValueError("src %s and dst %s are of different families: a packet is IPv4 "
-                             "or IPv6, never both" % (s, d))
-        if syn and p not in (None, "tcp", socket.IPPROTO_TCP):
-            raise ValueError("syn=True selects TCP connection attempts: it cannot go with "
-                             "proto=%r (drop proto, or use proto='tcp')" % (proto,))
-        if (sp or dp) and not (p is None or p in ("tcp", "udp") or p in _WITH_PORTS):
-            raise ValueError("ports need a protocol that has them: proto=%r has none (use "
-                             "'tcp', 'udp', or no proto for both)" % (proto,))
-        if m is not None and (p is not None or s or d or sp or dp or syn):
-            raise ValueError("mark cannot be combined with other fields: Linux 6.1's flower "
-                             "classifier has no mark key and fw matches the mark alone; mark "
-                             "exactly the packets to hold with your netfilter rule, or pass "
-                             "match=[Match(mark=...), Match(...)] to hold either")
-        if p is None and s is None and d is None and not (sp or dp or syn) and m is None:
-            raise ValueError("Match() with no field matches everything: use match=None to "
-                             "hold every packet")
-        object.__setattr__(self, "_key", (p, s, d, sp, dp, syn, m))
+        object.__setattr__(self, "_key", _key(PYTHON, proto, src, dst, sport, dport, syn,
+                                              mark))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Match is immutable")
+
+    # Immutable, as a tuple: a copy is the object itself; pickle keeps the checked fields.
+    def __copy__(self) -> "Match":
+        return self
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "Match":
+        return self
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return dict(zip(_FIELDS, self._key))
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        object.__setattr__(self, "_key", tuple(state[f] for f in _FIELDS))
 
     @property
     def proto(self) -> Union[str, int, None]:
@@ -175,8 +216,7 @@ class Match:
 
     def __repr__(self) -> str:
         parts = []
-        for name, value in zip(("proto", "src", "dst", "sport", "dport", "syn", "mark"),
-                               self._key):
+        for name, value in zip(_FIELDS, self._key):
             if value is None or value is False:
                 continue
             if name in ("sport", "dport") and value[0] == value[1]:
@@ -216,6 +256,16 @@ class Match:
                             sp[0] if sp else 0, sp[1] if sp else 0,
                             dp[0] if dp else 0, dp[1] if dp else 0, syn, 0, 0))
         return out
+
+
+def from_options(**fields: Any) -> Match:
+    """A Match from the command line's options; a refusal names them as it spells them
+    (``--dport 5-10``, ``--proto tcp``)."""
+    m: Match = Match.__new__(Match)
+    object.__setattr__(m, "_key", _key(COMMAND_LINE, **{f: fields.get(f) for f in _FIELDS
+                                                       if f != "syn"},
+                                       syn=bool(fields.get("syn"))))
+    return m
 
 
 def terms_of(match: Union[Match, Sequence[Match], None]) -> List[Term]:

@@ -2,7 +2,7 @@
 
 Nothing here the API cannot do: ``hold`` is :func:`plugqdisc.plugged` around a
 command or a wait; ``status``, ``release`` and ``cleanup`` read one dump of the
-namespace's qdiscs (``plugqdisc._inventory``) and act through
+namespace's qdiscs (``plugqdisc._cli_inventory``) and act through
 :class:`plugqdisc.PlugQdisc`; ``lab`` is ``python -m plugqdisc.lab``.
 Kernel and system errors: one line on stderr naming the problem and the fix,
 exit status 1. Usage errors: exit status 2.
@@ -20,9 +20,11 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import Match, PlugQdisc, PlugQdiscError, lab, plugged
+from . import Match, PlugQdisc, PlugQdiscError, Stats, __version__, lab, plugged
 from . import _cli_inventory as _inventory, _cli_records as _registry
 from ._errors import translate
+from ._match import from_options
+from ._words import COMMAND_LINE
 
 PROG = "plugqdisc"
 #: Exit statuses, as a shell has them.
@@ -110,7 +112,7 @@ def _mark(text: str) -> Union[int, Tuple[int, int]]:
             % text)
 
 
-def _number(kind: type, what: str, example: str) -> Any:
+def _number(kind: type, what: str, example: str, most: Optional[int] = None) -> Any:
     def parse(text: str) -> Any:
         try:
             value = kind(text)
@@ -119,8 +121,22 @@ def _number(kind: type, what: str, example: str) -> Any:
         if value is None or not value > 0:
             raise argparse.ArgumentTypeError("%r is not %s > 0 (for example %s)"
                                              % (text, what, example))
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError("%s is more than the kernel takes: at most %d"
+                                             % (text, most))
         return value
     return parse
+
+
+def _netns(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("an empty name: give a name from `ip netns list` "
+                                         "or a path such as /proc/PID/ns/net")
+    return text
+
+
+def _plural(n: int, word: str) -> str:
+    return "%d %s%s" % (n, word, "" if n == 1 else "s")
 
 
 def _parser() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParser]]:
@@ -129,10 +145,11 @@ def _parser() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParse
         prog=PROG, description="Hold a network device's packets with the kernel's plug "
         "qdisc (sch_plug), and let them go.", epilog="`%s COMMAND --help` for each "
         "command, with an example." % PROG)
+    p.add_argument("--version", action="version", version="%(prog)s " + __version__)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     netns = argparse.ArgumentParser(add_help=False)
-    netns.add_argument("--netns", metavar="NS", help="a network namespace: a name as `ip "
-                       "netns` knows it, or a path such as /proc/PID/ns/net")
+    netns.add_argument("--netns", metavar="NS", type=_netns, help="a network namespace: a "
+                       "name as `ip netns` knows it, or a path such as /proc/PID/ns/net")
 
     h = sub.add_parser("hold", parents=[netns], formatter_class=raw, epilog=HOLD_EPILOG,
                        usage="%(prog)s DEV [options] [-- CMD [ARGS...]]",
@@ -152,31 +169,37 @@ def _parser() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParse
                    help="packets with this fwmark: VALUE or VALUE/MASK (0x42, 0x40/0xf0)")
     h.add_argument("--ingress", action="store_true",
                    help="hold what DEV receives rather than what it sends")
-    h.add_argument("--limit", metavar="BYTES", type=_number(int, "a number of bytes", "1000000"),
+    h.add_argument("--limit", metavar="BYTES",
+                   type=_number(int, "a number of bytes", "1000000", 2**32 - 1),
                    help="drop what would make the backlog exceed BYTES (default: the "
                    "device's own queue size)")
     h.add_argument("--max-hold", metavar="S", type=_number(float, "a number of seconds", "2.5"),
                    help="release after S seconds at the latest, whatever happens")
+    h.add_argument("--replace", action="store_true",
+                   help="replace the qdisc at DEV's root (or ingress) if it is not ours; it "
+                   "is deleted, with what it holds")
 
     r = sub.add_parser("release", parents=[netns], formatter_class=raw, epilog=RELEASE_EPILOG,
                        help="release every plug qdisc on DEV",
                        description="Release everything the plug qdiscs on DEV hold (left "
                        "holding by a process that died, or by tc).")
-    r.add_argument("dev", metavar="DEV")
+    r.add_argument("dev", metavar="DEV", help="the network device, for example lo")
 
     s = sub.add_parser("status", parents=[netns], formatter_class=raw, epilog=STATUS_EPILOG,
                        help="list the plug qdiscs and what they hold",
                        description="Every plug qdisc (on DEV, if given): device, mode, "
                        "parent, handle, packets and bytes held now (qlen, backlog), drops, "
                        "packets and bytes passed.")
-    s.add_argument("dev", metavar="DEV", nargs="?")
+    s.add_argument("dev", metavar="DEV", nargs="?",
+                   help="only the plug qdiscs holding this device's packets")
     s.add_argument("--json", action="store_true", help="a JSON list, for programs")
 
     c = sub.add_parser("cleanup", parents=[netns], formatter_class=raw, epilog=CLEANUP_EPILOG,
                        help="remove the holds plugqdisc made whose holder is gone",
                        description="Release and remove what plugqdisc set up and no living "
                        "holder owns (on DEV, if given).")
-    c.add_argument("dev", metavar="DEV", nargs="?")
+    c.add_argument("dev", metavar="DEV", nargs="?",
+                   help="only the holds on this device (default: every device)")
 
     sub.add_parser("lab", add_help=False, help="run CMD in the lab (User-Mode Linux with "
                    "sch_plug): plugqdisc lab [--kernel PATH] [--mem SIZE] [--timeout S] -- "
@@ -191,13 +214,20 @@ def _say(text: str) -> None:
 
 
 def _match(args: argparse.Namespace) -> Optional[Match]:
+    """The match the options select (None: all); a refusal names the options."""
     fields = {k: getattr(args, k) for k in ("proto", "src", "dst", "sport", "dport", "mark")
               if getattr(args, k) is not None}
     if args.syn:
         fields["syn"] = True
     if fields.get("proto", "").isdigit():
         fields["proto"] = int(fields["proto"])
-    return Match(**fields) if fields else None
+    return from_options(**fields) if fields else None
+
+
+class _Hold(PlugQdisc):
+    """The command line's hold: its errors name options (``--replace``), not keywords."""
+
+    _words = COMMAND_LINE
 
 
 def _run(cmd: List[str]) -> int:
@@ -238,18 +268,24 @@ def _wait(q: PlugQdisc) -> None:
 def _hold(p: argparse.ArgumentParser, args: argparse.Namespace, cmd: List[str]) -> int:
     try:
         match = _match(args)
-        q = PlugQdisc(args.dev, limit=args.limit, netns=args.netns, match=match,
-                      direction="ingress" if args.ingress else "egress",
-                      max_hold=args.max_hold)
+        q = _Hold(args.dev, limit=args.limit, netns=args.netns, match=match,
+                  direction="ingress" if args.ingress else "egress", max_hold=args.max_hold)
     except (ValueError, TypeError) as e:
         p.error(str(e))
-    q.close()  # checked; plugged() makes the one that holds
-    what = "%s %s%s" % ("what", args.dev, " receives" if args.ingress else " sends")
+    dev = args.dev + (" in netns %s" % args.netns if args.netns else "")
+    what = "what %s %s" % (dev, "receives" if args.ingress else "sends")
     if match is not None:
         what += " matching %s" % repr(match)[len("Match("):-1]
+    # As plugged(replace=--replace), with the command line's words in every error.
+    try:
+        q.attach(replace=args.replace)
+    except BaseException:
+        q.close()
+        raise
     code = 0
-    with plugged(args.dev, limit=args.limit, netns=args.netns, match=match,
-                 direction=q.direction, max_hold=args.max_hold) as q:
+    try:
+        q.buffer()
+        start = q.stats()
         _say("holding %s %s" % (what, "while %s runs" % cmd[0] if cmd
                                   else "until Enter, Ctrl-C or SIGTERM"))
         try:
@@ -259,22 +295,42 @@ def _hold(p: argparse.ArgumentParser, args: argparse.Namespace, cmd: List[str]) 
                 _wait(q)
         except (KeyboardInterrupt, _Stop):
             pass  # the documented ways to end a hold without CMD
-        st = q.stats()
+        end = q.stats()
         expired = q.expired
-    _say("released %s: %d packets (%d bytes) were held, %d dropped%s"
-         % (args.dev, st.qlen, st.backlog, st.drops,
-            "; --max-hold had passed, the hold ended then" if expired else ""))
+    except BaseException as exc:
+        q.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    q.__exit__(None, None, None)
+    _say("released %s: %s" % (dev, _counts(start, end, expired)))
     return code
+
+
+def _counts(start: Stats, end: Stats, expired: bool) -> str:
+    """What the hold held at its end, and what had left before (see docs/cli.rst)."""
+    text = "%s (%s) were held, %d dropped" % (_plural(end.qlen, "packet"),
+                                              _plural(end.backlog, "byte"), end.drops)
+    if end.qlen == 1:
+        text = text.replace(") were held", ") was held")
+    gone = end.packets - start.packets
+    if expired:
+        text += "; --max-hold had passed, the hold ended then"
+    if gone > 0:
+        text += ("; %s (%s) had left before: %s released it while it held"
+                 % (_plural(gone, "packet"), _plural(end.bytes - start.bytes, "byte"),
+                    "--max-hold" if expired else "something else (plugqdisc release, tc?)"))
+    return text
 
 
 def _release(inv: _inventory.Inventory, args: argparse.Namespace) -> int:
     plugs = inv.plugs(args.dev)
     for plug in plugs:
         _inventory.release(plug, args.netns)
-        print("released %s (%s, plug %s at %s of %s): %d packets" % (
-            plug.device, plug.mode, plug.handle, plug.parent, plug.on, plug.qlen))
+        print("released %s (%s, plug %s at %s of %s): %s" % (
+            plug.device, plug.mode, plug.handle, plug.parent, plug.on,
+            _plural(plug.qlen, "packet")))
     if not plugs:
-        print("no plug qdisc holds %s's packets" % args.dev)
+        print("no plug qdisc holds %s's packets%s"
+              % (args.dev, " in netns %s" % args.netns if args.netns else ""))
     return 0
 
 
@@ -288,7 +344,8 @@ def _status(inv: _inventory.Inventory, args: argparse.Namespace) -> int:
         print(json.dumps([p._asdict() for p in plugs], indent=2))
         return 0
     if not plugs:
-        print("no plug qdisc%s" % (" on %s" % args.dev if args.dev else ""))
+        print("no plug qdisc%s%s" % (" on %s" % args.dev if args.dev else "",
+                                     " in netns %s" % args.netns if args.netns else ""))
         return 0
     rows = [[c.upper() for c in COLUMNS]]
     for p in plugs:
@@ -301,7 +358,7 @@ def _status(inv: _inventory.Inventory, args: argparse.Namespace) -> int:
 
 
 def _cleanup(inv: _inventory.Inventory, args: argparse.Namespace) -> int:
-    failed = 0
+    failed = removed_any = kept = 0
     order = {"plain": 0, "match": 1, "ingress": 2}  # the egress first: see EgressBusy
     for rec in sorted(inv.records, key=lambda r: order.get(r.mode, 3)):
         if args.dev is not None and rec.ifindex != inv.index.get(args.dev):
@@ -309,6 +366,7 @@ def _cleanup(inv: _inventory.Inventory, args: argparse.Namespace) -> int:
         if rec.alive:
             print("kept the %s hold on %s: its holder, pid %d, is alive"
                   % (rec.mode, rec.device, rec.pid))
+            kept += 1
             continue
         try:
             fresh = _inventory.Inventory(args.netns) if rec.mode == "ingress" else inv
@@ -326,25 +384,33 @@ def _cleanup(inv: _inventory.Inventory, args: argparse.Namespace) -> int:
             continue
         _registry.forget(rec.path)
         if removed:
+            removed_any += 1
             print("removed the %s hold on %s (its holder, pid %d, is gone; nothing held "
                   "was lost)" % (rec.mode, rec.device, rec.pid))
-    for what in inv.unrecorded(args.dev):
+    unrecorded = inv.unrecorded(args.dev)
+    for what in unrecorded:
         print("left %s: no record says which process made it (it may still be in use)"
               % what)
+    if not (removed_any or failed or kept or unrecorded):
+        where = (" on %s" % args.dev if args.dev else "") + (
+            " in netns %s" % args.netns if args.netns else "")
+        print("nothing to clean up%s: no hold of plugqdisc's is left by a holder that is "
+              "gone (`plugqdisc status` lists the plug qdiscs)" % where)
     return ERROR if failed else 0
 
 
 def _failure(e: OSError, command: str, netns: Optional[str]) -> str:
     """One line for an error: the C core's facts put in words, or the error's own."""
     if not isinstance(e, PlugQdiscError) and hasattr(e, "step"):
-        e = translate(e, command, "netns %s" % netns if netns else "this namespace")
+        e = translate(e, command, "netns %s" % netns if netns else "this namespace",
+                      netns=netns, spelling=COMMAND_LINE)
     return e.strerror or str(e)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     if words[:1] == ["lab"]:
-        return lab.main(words[1:])
+        return lab.main(words[1:], prog="%s lab" % PROG)
     cmd: List[str] = []
     dashdash = "--" in words
     if dashdash:

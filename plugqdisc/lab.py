@@ -364,9 +364,19 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise _Terminated()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+class _KeepLines(argparse.HelpFormatter):
+    """Wraps a paragraph; keeps a text of several lines (the example) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return text if "\n" in text else super()._fill_text(text, width, indent)
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m plugqdisc.lab") -> int:
+    """The command line; PROG is how it was called (``plugqdisc lab`` from the CLI)."""
     parser = argparse.ArgumentParser(
-        prog="python -m plugqdisc.lab",
+        prog=prog, formatter_class=_KeepLines,
+        epilog="example:\n  %s -- python -m pytest -q tests/\n      run the tests in a "
+        "kernel that has sch_plug, as root, in this directory" % prog,
         description="Run CMD as root inside a User-Mode Linux kernel that has sch_plug, with "
         "the host's filesystem as root, the caller's working directory and environment, and "
         "lo up. CMD's stdout and stderr are streamed; its standard input is /dev/null. "
@@ -377,11 +387,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--mem", metavar="SIZE", default="1G", help="guest memory (default 1G)")
     parser.add_argument("--timeout", metavar="SECONDS", type=float,
                         help="stop the lab after this long; exit status 124")
-    parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]")
+    parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]",
+                        help="the command to run in the lab (after --)")
     args = parser.parse_args(argv)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
-        parser.error("no CMD given; for example: python -m plugqdisc.lab -- tc qdisc show")
+        parser.error("no CMD given; for example: %s -- tc qdisc show" % prog)
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return run(cmd, kernel=args.kernel, mem=args.mem, timeout=args.timeout).returncode

@@ -8,8 +8,11 @@ import os
 import subprocess
 import sys
 
+import argparse
+
 import pytest
 
+import plugqdisc
 from plugqdisc import cli
 
 COMMANDS = ("hold", "release", "status", "cleanup")
@@ -46,11 +49,23 @@ def test_top_level_help_names_every_command(capsys: pytest.CaptureFixture[str]) 
     (["hold"], "DEV"),
     (["hold", "lo", "--dport", "http"], "write PORT or LOW-HIGH, for example 80 or 1000-2000"),
     (["hold", "lo", "--dport", "0"], "ports are 1 to 65535"),
-    (["hold", "lo", "--sport", "2000-1000"], "reversed: write (1000, 2000)"),
+    (["hold", "lo", "--sport", "2000-1000"], "--sport: the range 2000-1000 is reversed: "
+     "write 1000-2000"),
+    (["hold", "lo", "--dport", "10-5"], "--dport: the range 10-5 is reversed: write 5-10"),
+    (["hold", "lo", "--proto", "udp", "--syn"], "--syn selects TCP connection attempts: it "
+     "cannot go with --proto udp (drop --proto, or use --proto tcp)"),
+    (["hold", "lo", "--proto", "icmp", "--dport", "80"], "--proto icmp has none (use --proto "
+     "tcp, --proto udp, or no --proto for both)"),
+    (["hold", "lo", "--mark", "0x42", "--dport", "80"], "--mark cannot be combined with other "
+     "options"),
+    (["hold", "lo", "--src", "nonsense"], "--src: nonsense is not an IP address"),
+    (["hold", "lo", "--limit", "4294967296"], "at most 4294967295"),
+    (["hold", "lo", "--netns", ""], "give a name from `ip netns list`"),
     (["hold", "lo", "--mark", "red"], "write VALUE or VALUE/MASK"),
-    (["hold", "lo", "--mark", "0x41/0xf0"], "bits outside the mask"),
+    (["hold", "lo", "--mark", "0x41/0xf0"], "bits outside the mask 0xf0: write 0x40/0xf0"),
     (["hold", "lo", "--mark", "0x42", "--proto", "tcp"], "cannot be combined"),
-    (["hold", "lo", "--proto", "gre"], "use 'tcp', 'udp', 'icmp' or a protocol number"),
+    (["hold", "lo", "--proto", "gre"], "--proto gre is not known: use tcp, udp, icmp or a "
+     "protocol number"),
     (["hold", "lo", "--src", "10.0.0.1", "--dst", "::1"], "different families"),
     (["hold", "lo", "--limit", "-5"], "is not a number of bytes > 0"),
     (["hold", "lo", "--max-hold", "soon"], "is not a number of seconds > 0"),
@@ -67,6 +82,28 @@ def test_usage_errors_exit_2_and_say_what_is_wrong(args: list, text: str,  # typ
     err = capsys.readouterr().err
     assert err.startswith("usage: plugqdisc"), err
     assert text in err, err
+    # the command line's own words: no keyword arguments, tuples or Python calls
+    for python in ("=", "(1", "(5", "Match(", "replace=True", "'tcp'"):
+        assert python not in err.split("error: ", 1)[1], err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == "plugqdisc %s\n" % plugqdisc.__version__
+    from importlib.metadata import version
+    assert plugqdisc.__version__ == version("plugqdisc")  # pyproject reads the same
+
+
+def test_every_argument_has_help() -> None:
+    parser, subs = cli._parser()
+    for name, sub in [("plugqdisc", parser)] + sorted(subs.items()):
+        for action in sub._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                assert action.help, "%s %s has no help" % (name, action.dest)
+    lab_help = run("lab", "--help").stdout
+    assert "CMD [ARGS...]      the command" in lab_help, lab_help
 
 
 @pytest.mark.parametrize("args, text", [
@@ -89,10 +126,30 @@ def test_status_runs_on_any_kernel() -> None:
     assert p.stdout.startswith("[")
 
 
-def test_lab_is_the_labs_own_command_line() -> None:
+def test_lab_is_the_labs_own_command_line_named_as_called_with_an_example() -> None:
     p = run("lab", "--help")
     assert p.returncode == 0, p.stderr
     assert "--kernel PATH" in p.stdout and "CMD" in p.stdout
+    assert p.stdout.startswith("usage: plugqdisc lab "), p.stdout
+    assert "python -m plugqdisc.lab" not in p.stdout
+    assert "example:\n  plugqdisc lab -- " in p.stdout, p.stdout
+    p = run("lab")
+    assert p.returncode == 2 and "for example: plugqdisc lab -- " in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("start, end, expired, text", [
+    ((0, 0), (0, 0, 1, 142), False, "1 packet (142 bytes) was held, 0 dropped"),
+    ((0, 0), (0, 0, 2, 284), False, "2 packets (284 bytes) were held, 0 dropped"),
+    ((5, 710), (7, 994, 0, 0), False, "0 packets (0 bytes) were held, 0 dropped; 2 packets "
+     "(284 bytes) had left before: something else (plugqdisc release, tc?) released it"),
+    ((0, 0), (1, 142, 0, 0), True, "--max-hold had passed, the hold ended then; 1 packet "
+     "(142 bytes) had left before: --max-hold released it"),
+])
+def test_the_released_line_counts_in_words(start: tuple, end: tuple,  # type: ignore[type-arg]
+                                           expired: bool, text: str) -> None:
+    a = plugqdisc.Stats(start[0], start[1], 0, 0, 0, 0, 0)
+    b = plugqdisc.Stats(end[0], end[1], end[2], end[3], 0, 0, 0)
+    assert text in cli._counts(a, b, expired)
 
 
 def test_the_console_script_is_installed() -> None:

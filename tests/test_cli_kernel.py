@@ -87,7 +87,7 @@ def test_hold_holds_while_cmd_runs_and_exits_with_its_status() -> None:
     out, err = p.communicate("3\n", timeout=60)
     assert p.returncode == 3, err
     assert recv_all(rx, 1) == [b"during"]
-    assert "released lo: 1 packets" in err, err
+    assert "released lo: 1 packet (48 bytes) was held, 0 dropped\n" in err, err
     assert qdiscs() == [("lo", "noqueue", 0, 0xFFFFFFFF)]  # the tree is gone
 
 
@@ -96,7 +96,8 @@ def test_hold_exit_status_is_cmds_signals_included(script: str, status: int) -> 
     p = cli("hold", "lo", "--", "sh", "-c", script)
     assert p.returncode == status, p.stderr
     lines = p.stderr.splitlines()
-    assert len(lines) == 2 and "holding" in lines[0] and "released lo: 0 packets" in lines[1]
+    assert len(lines) == 2 and "holding" in lines[0]
+    assert lines[1] == "plugqdisc: released lo: 0 packets (0 bytes) were held, 0 dropped"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -109,7 +110,52 @@ def test_hold_without_cmd_lasts_until_a_signal(sig: int) -> None:
     _, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     assert recv_all(rx, 1) == [b"held"]
-    assert "released lo: 1 packets" in err, err
+    assert "released lo: 1 packet (46 bytes) was held, 0 dropped\n" in err, err
+
+
+def test_hold_names_the_namespace_in_its_lines() -> None:
+    sh("ip", "netns", "add", "plugqdisc-t1")
+    try:
+        p = cli("hold", "lo", "--netns", "plugqdisc-t1", "--", "true")
+        assert p.returncode == 0, p.stderr
+        assert p.stderr.splitlines() == [
+            "plugqdisc: holding what lo in netns plugqdisc-t1 sends while true runs",
+            "plugqdisc: released lo in netns plugqdisc-t1: 0 packets (0 bytes) were held, "
+            "0 dropped"]
+    finally:
+        sh("ip", "netns", "del", "plugqdisc-t1")
+
+
+def test_released_counts_after_an_outside_release_say_what_left_before() -> None:
+    rx, tx, addr = udp_pair()
+    p = started("hold", "lo")
+    tx.sendto(b"first", addr)
+    assert nothing_arrives(rx)
+    assert cli("release", "lo").returncode == 0  # someone else lets go
+    assert recv_all(rx, 1) == [b"first"]
+    tx.sendto(b"second", addr)  # the plug passes now, though the hold still runs
+    assert recv_all(rx, 1) == [b"second"]
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert err.splitlines()[-1] == (
+        "plugqdisc: released lo: 0 packets (0 bytes) were held, 0 dropped; 2 packets (95 "
+        "bytes) had left before: something else (plugqdisc release, tc?) released it while "
+        "it held"), err
+
+
+def test_hold_over_a_foreign_root_qdisc_advises_the_replace_option() -> None:
+    sh("tc", "qdisc", "add", "dev", "lo", "root", "handle", "5:", "pfifo")
+    p = cli("hold", "lo", "--", "true")
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.count("\n") == 1, p.stderr
+    assert ("a pfifo qdisc (handle 5:) is already at root of 'lo': pass --replace to replace "
+            "it (it is deleted, with what it holds)") in p.stderr, p.stderr
+    assert "replace=True" not in p.stderr and "parent/handle" not in p.stderr
+    assert ("lo", "pfifo", 0x50000, 0xFFFFFFFF) in qdiscs()  # nothing changed
+    p = cli("hold", "lo", "--replace", "--", "true")
+    assert p.returncode == 0, p.stderr
+    assert qdiscs() == [("lo", "noqueue", 0, 0xFFFFFFFF)]  # replaced, then removed
 
 
 # ---- status, release -------------------------------------------------------------------
@@ -149,7 +195,16 @@ def test_release_recovers_a_device_held_by_a_killed_process() -> None:
     p = cli("release", "lo")
     assert p.returncode == 0, p.stderr
     assert recv_all(rx, 1) == [b"stuck"]
-    assert "released lo (plain, plug 1: at root of lo): 1 packets" in p.stdout, p.stdout
+    assert "released lo (plain, plug 1: at root of lo): 1 packet\n" in p.stdout, p.stdout
+
+
+def test_cleanup_says_so_when_there_is_nothing_to_do() -> None:
+    p = cli("cleanup")
+    assert (p.returncode, p.stderr) == (0, "")
+    assert p.stdout == ("nothing to clean up: no hold of plugqdisc's is left by a holder "
+                        "that is gone (`plugqdisc status` lists the plug qdiscs)\n")
+    p = cli("cleanup", "lo")
+    assert p.stdout.startswith("nothing to clean up on lo: "), p.stdout
 
 
 # ---- cleanup ---------------------------------------------------------------------------
