@@ -1,7 +1,7 @@
 /*
  * module.c - plugqdisc._plugqdisc: the only file that knows Python.
  *
- * Thin glue over plug_qdisc.[ch]: convert arguments, release the GIL around exactly
+ * Thin glue over the C core's public API (plug_qdisc.h): convert arguments, release the GIL around exactly
  * the library call, take it back, and hand a failure's facts to Python through one
  * funnel: OSError(errno, strerror) carrying the step, the kernel's text and what was
  * found, as attributes. No words of ours here: plugqdisc/_errors.py owns the messages,
@@ -723,7 +723,33 @@ done:
     return out;
 }
 
+PyDoc_STRVAR(remove_hold_doc, "remove_hold(netns_fd, ifindex, mode, parent, handle, timeout_ms, /)\n--\n\n"
+"Adopt the hold of mode (0 plain, 1 match, 2 ingress) on device ifindex whose plug has\n"
+"handle (parent: a plain plug's parent) in the namespace netns_fd (-1: the calling\n"
+"thread's), and remove it with the plan a detach runs: release, stop the diversion, wait\n"
+"up to timeout_ms for the drain, remove (pq_remove_hold). None, or OSError with the facts.");
+static PyObject *
+remove_hold(PyObject *module, PyObject *args)
+{
+    (void)module;
+    int netns_fd, ifindex, mode, timeout_ms, rc;
+    unsigned int parent, handle;
+    if (!PyArg_ParseTuple(args, "iiiIIi:remove_hold", &netns_fd, &ifindex, &mode, &parent,
+                          &handle, &timeout_ms))
+        return NULL;
+    struct errinfo ei;
+    memset(&ei, 0, sizeof ei);
+    Py_BEGIN_ALLOW_THREADS
+    rc = pq_remove_hold(netns_fd, ifindex, (enum pq_mode)mode, parent, handle, timeout_ms,
+                        &ei.e);
+    Py_END_ALLOW_THREADS
+    if (rc < 0)
+        return raise_error(&ei);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"remove_hold", remove_hold, METH_VARARGS, remove_hold_doc},
     {"guardian_pid", guardian_pid, METH_NOARGS, guardian_pid_doc},
     {"parse_handle", parse_handle, METH_O, parse_handle_doc},
     {"plug_qdisc_attach", py_plug_qdisc_attach, METH_VARARGS, plug_qdisc_attach_doc},
@@ -747,6 +773,9 @@ add_constants(PyObject *module)
         PyModule_AddIntConstant(module, "TREE_PLUG_CLASS", (long)PQ_TREE_PLUG_CLASS) < 0 ||
         PyModule_AddIntConstant(module, "TERM_FLOWER", PQ_TERM_FLOWER) < 0 ||
         PyModule_AddIntConstant(module, "TERM_MARK", PQ_TERM_MARK) < 0 ||
+        PyModule_AddIntConstant(module, "MODE_PLAIN", PQ_MODE_PLAIN) < 0 ||
+        PyModule_AddIntConstant(module, "MODE_MATCH", PQ_MODE_MATCH) < 0 ||
+        PyModule_AddIntConstant(module, "MODE_INGRESS", PQ_MODE_INGRESS) < 0 ||
         PyModule_AddStringConstant(module, "IFB_PREFIX", PQ_IFB_PREFIX) < 0)
         return -1;
     steps = PyTuple_New(PQ_STEP_COUNT);

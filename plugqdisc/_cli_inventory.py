@@ -3,20 +3,22 @@
 One dump of the namespace's qdiscs and links (``_plugqdisc.list_qdiscs``) tells
 every plug qdisc apart: *plain* (anywhere on a device), *match* (the plug in
 band 2 of the match tree, prio ``fffe:`` at the root) or *ingress* (the plug at
-the root of ``pqifbN``, the ifb of the device with ifindex N). Releasing and
-removing go through :class:`~plugqdisc.PlugQdisc` itself: a plug found here is
-adopted (``guard=False``, so no guardian takes it over) and released; a dead
-holder's hold is released, drained and removed by the same code paths as a
-detach. Nothing here prints: the command line owns the words.
+the root of ``pqifbN``, the ifb of the device with ifindex N). Releasing goes
+through :class:`~plugqdisc.PlugQdisc`: a plug found here is adopted
+(``guard=False``, so no guardian takes it over) and released. A dead holder's
+hold is removed by the C core (``_plugqdisc.remove_hold``), which rebuilds the
+hold's undo plan from its place and runs it, as a detach runs its own. Nothing
+here prints: the command line owns the words.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import time
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from . import Match, PlugQdisc, _cli_records, _plugqdisc
+from . import PlugQdisc, _cli_records, _plugqdisc
+from ._errors import translate
 from ._cli_records import Record
 from ._plugqdisc import IFB_PREFIX, TREE_HANDLE, TREE_PLUG_CLASS
 from ._util import ROOT, Netns, handle_text, open_netns
@@ -164,18 +166,6 @@ def release(plug: Plug, netns: Netns) -> None:
         q.close()
 
 
-def _release_and_drain(on: str, parent: int, handle: int, netns: Netns) -> None:
-    """Release the plug at PARENT of ON with HANDLE and wait for it to drain."""
-    q = _adopt(on, handle_text(parent), handle_text(handle), netns)
-    try:
-        q.release()
-        deadline = time.monotonic() + DRAIN_TIMEOUT
-        while q.stats().qlen and time.monotonic() < deadline:
-            time.sleep(0.002)
-    finally:
-        q.close()
-
-
 class EgressBusy(Exception):
     """An ingress hold cannot be removed now: the device's egress holds packets, which
     removing its ingress qdisc would make the kernel drop."""
@@ -185,48 +175,53 @@ class EgressBusy(Exception):
         self.device, self.held = device, held
 
 
+#: The C core's code for each mode of hold.
+_MODES = {"plain": _plugqdisc.MODE_PLAIN, "match": _plugqdisc.MODE_MATCH,
+          "ingress": _plugqdisc.MODE_INGRESS}
+
+
 def remove(rec: Record, inv: Inventory) -> bool:
-    """Release, drain and remove the hold that REC names (its holder is dead). False if
-    nothing of it is left to remove."""
+    """Release, drain and remove the hold that REC names (its holder is dead), with the
+    plan a detach runs, rebuilt by the C core from what the kernel shows. False if nothing
+    of it is left to remove."""
     device = inv.names.get(rec.ifindex)
     if device is None:
         return False
-    netns = inv.netns
     if rec.mode == "plain":
-        if not inv.find(rec.ifindex, "plug", parent=rec.parent, handle=rec.handle):
-            return False
-        q = _adopt(device, handle_text(rec.parent), handle_text(rec.handle), netns)
-        try:
-            q.detach(timeout=DRAIN_TIMEOUT)  # release, drain, delete
-        finally:
-            q.close()
-        return True
-    if rec.mode == "match":
-        if not inv.find(rec.ifindex, "prio", parent=ROOT, handle=TREE_HANDLE):
-            return False
-        if inv.find(rec.ifindex, "plug", parent=TREE_PLUG_CLASS, handle=rec.handle):
-            _release_and_drain(device, TREE_PLUG_CLASS, rec.handle, netns)
-        rebuilt = PlugQdisc(device, handle=handle_text(rec.handle), netns=netns, guard=False,
-                            match=Match(mark=0xFFFFFFFF))
+        there = inv.find(rec.ifindex, "plug", parent=rec.parent, handle=rec.handle)
+    elif rec.mode == "match":
+        there = inv.find(rec.ifindex, "prio", parent=ROOT, handle=TREE_HANDLE)
     else:
         ifb = inv.ifb_of(rec.ifindex)
-        if ifb is None:
-            return False
-        if inv.find(ifb, "plug", parent=ROOT, handle=rec.handle):
-            _release_and_drain(inv.names[ifb], ROOT, rec.handle, netns)
-        # Replacing the ingress qdisc makes the kernel purge the device's egress queues.
+        there = inv.find(ifb, "plug", parent=ROOT, handle=rec.handle) if ifb else None
+        # Removing the ingress qdisc makes the kernel purge the device's egress queues:
+        # while they hold, leave the whole hold (released) for a later cleanup.
         egress = inv.root_of(rec.ifindex)
-        if egress is not None and egress.qlen:
+        if there is not None and egress is not None and egress.qlen:
+            _release_only(inv.names[ifb] if ifb else device, rec.handle, inv.netns)
             raise EgressBusy(device, egress.qlen)
-        rebuilt = PlugQdisc(device, handle=handle_text(rec.handle), netns=netns, guard=False,
-                            direction="ingress")
-    # The C core takes a tree apart only as its own detach does (filters first, drain,
-    # then the rest, the ingress qdisc last and only if that purges nothing): so build the
-    # hold afresh over what is left (replace=True removes it; the new plug passes
-    # traffic at once), and detach that.
-    rebuilt.attach(replace=True)
+    if there is None:
+        return False
+    fd, own = open_netns(inv.netns)
     try:
-        rebuilt.detach(timeout=DRAIN_TIMEOUT)
+        _plugqdisc.remove_hold(fd, rec.ifindex, _MODES[rec.mode], rec.parent, rec.handle,
+                               int(DRAIN_TIMEOUT * 1000))
+    except OSError as e:
+        if e.errno == errno.EBUSY and getattr(e, "step", "") == "undo":
+            raise EgressBusy(device, int(getattr(e, "held", 0))) from None
+        raise translate(e, "cleanup", "the %s hold on %r" % (rec.mode, device),
+                        parent=handle_text(rec.parent), handle=handle_text(rec.handle),
+                        ifindex=rec.ifindex, ingress=rec.mode == "ingress") from None
     finally:
-        rebuilt.close()
+        if own:
+            os.close(fd)
     return True
+
+
+def _release_only(on: str, handle: int, netns: Netns) -> None:
+    """Release the plug at the root of ON with HANDLE (it stays, passing)."""
+    q = _adopt(on, "root", handle_text(handle), netns)
+    try:
+        q.release()
+    finally:
+        q.close()
