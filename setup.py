@@ -94,6 +94,10 @@ if __name__ == "__main__":
                 extra_compile_args=["-std=gnu11", "-Wall", "-Wextra",
                                     "-Wno-missing-field-initializers"],
                 extra_link_args=LINK_ARGS,
+                # The stable ABI (module.c defines Py_LIMITED_API 3.10): one wheel,
+                # tagged abi3, serves CPython 3.10 and later.
+                py_limited_api=True,
             )
         ],
+        options={"bdist_wheel": {"py_limited_api": "cp310"}},
     )

@@ -8,6 +8,11 @@
  * plugqdisc/ the validation and the defaults.
  */
 #define PY_SSIZE_T_CLEAN
+/* CPython's stable ABI as of 3.10 (PyType_FromModuleAndSpec, PyModule_AddType and
+ * PyUnicode_AsUTF8AndSize enter it there): one build serves 3.10 and every later CPython. */
+#ifndef Py_LIMITED_API
+#define Py_LIMITED_API 0x030A0000
+#endif
 #include <Python.h>
 #include <pthread.h>
 
@@ -190,7 +195,8 @@ Qdisc_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     (void)args;
     (void)kwds;
-    QdiscObject *self = (QdiscObject *)type->tp_alloc(type, 0);
+    allocfunc alloc = (allocfunc)PyType_GetSlot(type, Py_tp_alloc);
+    QdiscObject *self = (QdiscObject *)alloc(type, 0);
     if (self == NULL)
         return NULL;
     self->q = NULL;
@@ -211,7 +217,7 @@ Qdisc_init(QdiscObject *self, PyObject *args, PyObject *kwds)
     const char *name = NULL;
     int ifindex = 0;
     if (PyUnicode_Check(device)) {
-        name = PyUnicode_AsUTF8(device);
+        name = PyUnicode_AsUTF8AndSize(device, NULL);
         if (name == NULL)
             return -1;
     } else {
@@ -242,7 +248,8 @@ Qdisc_dealloc(QdiscObject *self)
     pq_close(self->q); /* frees memory and the socket; no netlink traffic */
     self->q = NULL;
     pthread_mutex_destroy(&self->lock);
-    tp->tp_free((PyObject *)self);
+    freefunc tp_free = (freefunc)PyType_GetSlot(tp, Py_tp_free);
+    tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
 
@@ -313,17 +320,17 @@ Qdisc_set_hold(QdiscObject *self, PyObject *args)
     PyObject *seq;
     if (!PyArg_ParseTuple(args, "pO:_set_hold", &ingress, &seq))
         return NULL;
-    PyObject *fast = PySequence_Fast(seq, "terms must be a sequence");
+    PyObject *fast = PySequence_Tuple(seq);
     if (fast == NULL)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    Py_ssize_t n = PyTuple_Size(fast);
     struct pq_term *terms = n ? PyMem_Calloc((size_t)n, sizeof(*terms)) : NULL;
     if (n && terms == NULL) {
         Py_DECREF(fast);
         return PyErr_NoMemory();
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (term_from_tuple(PySequence_Fast_GET_ITEM(fast, i), &terms[i]) < 0) {
+        if (term_from_tuple(PyTuple_GetItem(fast, i), &terms[i]) < 0) {
             PyMem_Free(terms);
             Py_DECREF(fast);
             return NULL;
@@ -633,7 +640,11 @@ py_plug_qdisc_attach(PyObject *module, PyObject *args)
         return NULL;
     int rc;
     struct errinfo ei;
-    const char *name = PyBytes_AS_STRING(device);
+    const char *name = PyBytes_AsString(device);
+    if (name == NULL) {
+        Py_DECREF(device);
+        return NULL;
+    }
     DEFAULT_CALL(rc, plug_qdisc_attach_at(name, parent, handle, limit), &ei);
     if (rc < 0 && !ei.device[0])
         snprintf(ei.device, sizeof ei.device, "%s", name);
@@ -706,14 +717,16 @@ list_qdiscs(PyObject *module, PyObject *arg)
                                     (unsigned long long)r->st.drops);
         if (t == NULL)
             goto done;
-        PyList_SET_ITEM(qdiscs, i, t);
+        if (PyList_SetItem(qdiscs, i, t) < 0)
+            goto done;
     }
     for (int i = 0; i < d.nlinks; i++) {
         const struct pq_link_row *r = &d.links[i];
         PyObject *t = Py_BuildValue("(iO&s)", r->ifindex, fs_string, r->name, r->kind);
         if (t == NULL)
             goto done;
-        PyList_SET_ITEM(links, i, t);
+        if (PyList_SetItem(links, i, t) < 0)
+            goto done;
     }
     out = PyTuple_Pack(2, qdiscs, links);
 done:
@@ -788,7 +801,10 @@ add_constants(PyObject *module)
             Py_DECREF(steps);
             return -1;
         }
-        PyTuple_SET_ITEM(steps, i, name);
+        if (PyTuple_SetItem(steps, i, name) < 0) {
+            Py_DECREF(steps);
+            return -1;
+        }
     }
     /* steals the reference on success only */
     if (PyModule_AddObject(module, "STEPS", steps) < 0) {
