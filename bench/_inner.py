@@ -502,6 +502,54 @@ def sec_modes(a: argparse.Namespace) -> dict:
     return res
 
 
+# ---- 6. what the guardian costs a test that attaches in every test --------------------
+
+#: One attach + buffer + detach in a fresh interpreter, timed by itself (import excluded).
+_FRESH_CYCLE = """
+import sys, time
+from plugqdisc import PlugQdisc
+t = time.perf_counter()
+q = PlugQdisc(sys.argv[1], guard=sys.argv[2] == "1").attach()
+q.buffer()
+q.detach()
+print((time.perf_counter() - t) * 1e6)
+"""
+
+
+def sec_guard(a: argparse.Namespace) -> dict:
+    """attach + buffer + detach with the guardian against guard=False: in one process
+    (after its first guarded cycle: the guardian stays), and the first cycle of a fresh
+    process, turn by turn."""
+    from plugqdisc import Match
+
+    def cycle(dev: str, guard: bool, **kw: object) -> float:
+        t = time.perf_counter()
+        q = PlugQdisc(dev, guard=guard, **kw).attach()  # type: ignore[arg-type]
+        q.buffer()
+        q.detach()
+        took = (time.perf_counter() - t) * 1e6
+        q.close()
+        return took
+
+    res: dict = {"in_process_us": {}, "fresh_process_us": {"guarded": [], "unguarded": []}}
+    kinds = {"plain": {}, "match": dict(match=Match(proto="udp", dport=9))}
+    for kind, kw in kinds.items():
+        dev = _dummy("gc" + kind[:3])
+        cycle(dev, True, **kw)  # this process's guardian starts (if no section did yet)
+        xs: dict = {"guarded": [], "unguarded": []}
+        for i in range(a.n_attach * 2):
+            for guard in (True, False) if i % 2 == 0 else (False, True):
+                xs["guarded" if guard else "unguarded"].append(cycle(dev, guard, **kw))
+        res["in_process_us"][kind] = xs
+    dev = _dummy("gcfresh")
+    for i in range(a.n_attach):
+        for guard in (True, False) if i % 2 == 0 else (False, True):
+            out = subprocess.run([sys.executable, "-c", _FRESH_CYCLE, dev, "1" if guard else "0"],
+                                 check=True, capture_output=True, text=True).stdout
+            res["fresh_process_us"]["guarded" if guard else "unguarded"].append(float(out))
+    return res
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--json-out", required=True)
@@ -530,7 +578,7 @@ def main() -> int:
     # Links last: tearing down namespaces of 1000 devices is slow kernel work we keep
     # away from the other sections.
     for name, fn in (("ops", sec_ops), ("hold", sec_hold), ("latency", sec_latency),
-                     ("modes", sec_modes), ("links", sec_links)):
+                     ("modes", sec_modes), ("guard", sec_guard), ("links", sec_links)):
         t = time.perf_counter()
         try:
             with NetNamespace():

@@ -189,6 +189,20 @@ def analyse(raw: dict) -> dict:
                               rows["ingress"]["median"] / plain, "<=", 1.10))
         targets.append(target("unmatched UDP round trip during a match hold / no qdisc",
                               rtt["match_hold"]["median"] / rtt["none"]["median"], "<=", 1.20))
+    guard = raw.get("guard")
+    if guard:
+        g: dict = {}
+        for kind, xs in guard["in_process_us"].items():
+            g[kind] = {k: summary(v) for k, v in xs.items()}
+            g[kind]["ratio"] = g[kind]["guarded"]["median"] / g[kind]["unguarded"]["median"]
+            targets.append(target("guarded / guard=False attach+buffer+detach, one process "
+                                  "(%s)" % kind, g[kind]["ratio"], "<=", 1.25))
+        fresh = {k: summary(v) for k, v in guard["fresh_process_us"].items()}
+        fresh["ratio"] = fresh["guarded"]["median"] / fresh["unguarded"]["median"]
+        g["fresh"] = fresh
+        targets.append(target("first guarded / guard=False attach+buffer+detach, fresh "
+                              "process", fresh["ratio"], "<=", 2.0))
+        out["guard"] = g
     out["targets"] = targets
     return out
 
@@ -285,6 +299,19 @@ def table(res: dict) -> str:
         L += ["", "UDP round trip on lo of traffic a match hold does not select, µs (median): "
               "no qdisc %s, during a match hold %s." % (fmt(r["none"]["median"]),
                                                       fmt(r["match_hold"]["median"]))]
+    guard = res.get("guard")
+    if guard:
+        L += ["", "**The guardian's cost to a test that attaches in every test**: attach + "
+              "buffer + detach, µs (median, min – max), guarded against `guard=False`, turn by "
+              "turn:", "", "| where | guarded | `guard=False` | ratio |", "|---|---:|---:|---:|"]
+        for k, label in (("plain", "one process, plain (after its first guarded cycle)"),
+                         ("match", "one process, match (after its first guarded cycle)"),
+                         ("fresh", "a fresh process's first cycle (import excluded)")):
+            row = guard[k]
+            L.append("| %s | %s (%s – %s) | %s (%s – %s) | %.2f |" % (
+                label, fmt(row["guarded"]["median"]), fmt(row["guarded"]["min"]),
+                fmt(row["guarded"]["max"]), fmt(row["unguarded"]["median"]),
+                fmt(row["unguarded"]["min"]), fmt(row["unguarded"]["max"]), row["ratio"]))
     L += ["", "**Targets** (ratios within this run):", "", "| target | value | bound | result |",
           "|---|---:|---:|---|"]
     for t in res["targets"]:
