@@ -1,5 +1,5 @@
 /*
- * guard.c - the guardian (see guard.h).
+ * guard.c - the holder's side of the guardian (see guard.h; the process itself is guardian.c).
  *
  * How it starts, and why it costs nothing per hold: the first guarded hold of a process
  * starts one guardian, which stays until the process exits (it then runs the plans of
@@ -20,6 +20,7 @@
  */
 #define _GNU_SOURCE
 #include "guard.h"
+#include "guardian.h"
 #include "sys.h"
 
 #include <errno.h>
@@ -37,31 +38,6 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-
-#define G_MAX 256                /* holds one guardian keeps */
-#define G_DRAIN_MS 5000          /* how long a backlog may take to drain, as detach() */
-#define G_STACK (256 * 1024)     /* the cloned guardian's stack */
-
-enum { G_REGISTER = 1, G_UNREGISTER, G_BUFFER, G_RELEASE, G_READY };
-
-/* One record from holder to guardian; REGISTER is followed by the plan's bytes and carries
- * the route socket as SCM_RIGHTS. */
-struct g_rec {
-    uint32_t type;
-    uint32_t slot;               /* the hold's slot, 0 .. G_MAX-1 */
-    uint32_t seq;                /* BUFFER: the hold's buffer count */
-    uint32_t max_hold_ms;        /* REGISTER: 0 for none */
-    uint32_t expect;             /* REGISTER: the plan's expected handle */
-    uint32_t len;                /* REGISTER: the plan's length */
-};
-
-/* What the guardian keeps of one hold. */
-struct g_hold {
-    int used, fd, armed;
-    uint32_t max_hold_ms, seq;
-    int64_t deadline_ms;
-    struct pq_plan plan;
-};
 
 /* ------------------------------------------------------------------------------------ */
 /* the holder's side                                                                    */
@@ -82,14 +58,6 @@ static struct {
     volatile uint32_t *expired;  /* G_MAX slots shared with it: the expired seq */
     struct g_slot s[G_MAX];
 } G = { PTHREAD_MUTEX_INITIALIZER, 0, 0, -1, NULL, NULL, NULL, { { 0, 0, 0, 0, 0, NULL } } };
-
-/* What a starting guardian reads first (the holder does not start another meanwhile). */
-static struct {
-    int sock;
-    pid_t holder;
-    struct g_hold *holds;
-    volatile uint32_t *expired;
-} g_args;
 
 static void g_drop_slot(struct g_slot *s)
 {
@@ -162,9 +130,6 @@ static int under_valgrind(void)
     return p && strstr(p, "vgpreload") != NULL;
 }
 
-static int guardian_entry(void *unused);
-static void guardian_main(void) __attribute__((noreturn));
-
 /* Wait (up to 5 s) for the new guardian to say that it holds no fd of ours any more: until
  * then it has a copy of every one (a listening socket stays bound, a pipe open). 0 or
  * -errno (the guardian is then killed and reaped). */
@@ -212,12 +177,12 @@ static int g_start(void)
         g_reap();
         return err;
     }
-    g_args.sock = sv[1];
-    g_args.holder = getpid();
-    g_args.holds = G.holds;
-    g_args.expired = G.expired;
-    /* The child starts with every signal blocked: the holder's handlers are not its own,
-     * and it sets its own before it unblocks them. */
+    pq_guardian_args.sock = sv[1];
+    pq_guardian_args.holder = getpid();
+    pq_guardian_args.holds = G.holds;
+    pq_guardian_args.expired = G.expired;
+    /* The child starts, and stays, with every signal blocked: the holder's handlers are
+     * not its own (see guardian.c). */
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     if (PQ_SYS_RAW && !under_valgrind()) {
@@ -228,12 +193,12 @@ static int g_start(void)
             pid = -1;
         } else {
             /* Exit signal 0: no SIGCHLD, invisible to the holder's own wait(). */
-            pid = clone(guardian_entry, (char *)G.stack + G_STACK, CLONE_VM, NULL);
+            pid = clone(pq_guardian_entry, (char *)G.stack + G_STACK, CLONE_VM, NULL);
         }
     } else {
         pid = (pid_t)syscall(SYS_clone, 0UL, NULL, NULL, NULL, 0UL);
         if (pid == 0)
-            guardian_main();
+            pq_guardian_main();
     }
     if (pid < 0)
         err = -errno;
@@ -429,245 +394,3 @@ int pq_guardian_pid(void)
     return pid;
 }
 
-/* ------------------------------------------------------------------------------------ */
-/* the guardian: raw syscalls only from here on, no thread-local storage, no malloc      */
-
-#define SYS(n, a, b, c, d, e, f) PQ_SYS(n, a, b, c, d, e, f)
-
-/* The kernel's struct sigaction (what rt_sigaction takes). */
-struct k_sigaction {
-    void (*handler)(int);
-    unsigned long flags;
-    void (*restorer)(void);
-    uint64_t mask;
-};
-
-static unsigned char g_rbuf[sizeof(struct g_rec) + PQ_PLAN_MAX + 64];
-
-PQ_NO_TLS static int64_t g_now_ms(void)
-{
-    struct timespec ts = { 0, 0 };
-
-    (void)SYS(SYS_clock_gettime, CLOCK_MONOTONIC, &ts, 0, 0, 0, 0);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-PQ_NO_TLS static void g_exit(void)
-{
-    for (;;)
-        (void)SYS(SYS_exit, 0, 0, 0, 0, 0, 0);
-}
-
-PQ_NO_TLS static void g_forget(struct g_hold *h)
-{
-    if (!h->used)
-        return;
-    (void)SYS(SYS_close, h->fd, 0, 0, 0, 0, 0);
-    h->used = 0;
-    h->armed = 0;
-    h->fd = -1;
-}
-
-/* The holder is gone: release every hold first (nothing stays held while others drain),
- * then run the rest of each plan: stop the diversion, let it drain, remove. A plug that
- * does not drain stays, passing. Never returns. */
-PQ_NO_TLS static void g_undo_all(struct g_hold *H)
-{
-    struct pq_plan_result r;
-    int i;
-
-    for (i = 0; i < G_MAX; i++)
-        if (H[i].used)
-            (void)pq_plan_phase(H[i].fd, &H[i].plan, PQ_PH_RELEASE, NULL, &r);
-    for (i = 0; i < G_MAX; i++)
-        if (H[i].used)
-            (void)pq_plan_run(H[i].fd, &H[i].plan, PQ_PH_DIVERT, G_DRAIN_MS, &r);
-    g_exit();
-}
-
-/* Apply one record from the holder (FD: the socket that came with it, or -1). */
-PQ_NO_TLS static void g_apply(struct g_hold *H, const struct g_rec *r,
-                              const unsigned char *payload, size_t len, int fd)
-{
-    struct g_hold *h;
-
-    if (r->slot >= G_MAX) {
-        if (fd >= 0)
-            (void)SYS(SYS_close, fd, 0, 0, 0, 0, 0);
-        return;
-    }
-    h = &H[r->slot];
-    switch (r->type) {
-    case G_REGISTER:
-        g_forget(h);
-        if (fd < 0 || r->len != len || len > PQ_PLAN_MAX)
-            break;
-        memcpy(h->plan.buf, payload, len);
-        h->plan.len = r->len;
-        h->plan.expect = r->expect;
-        h->used = 1;
-        h->fd = fd;
-        h->max_hold_ms = r->max_hold_ms;
-        return;
-    case G_UNREGISTER:
-        g_forget(h);
-        break;
-    case G_BUFFER:
-        h->seq = r->seq;
-        h->armed = 1;
-        h->deadline_ms = g_now_ms() + h->max_hold_ms;
-        break;
-    case G_RELEASE:
-        h->armed = 0;
-        break;
-    default:
-        break;
-    }
-    if (fd >= 0)
-        (void)SYS(SYS_close, fd, 0, 0, 0, 0, 0);
-}
-
-/* Read every record waiting on SOCK. 1 if the holder's end is closed (EOF), 0 if not. */
-PQ_NO_TLS static int g_read(struct g_hold *H, int sock)
-{
-    for (;;) {
-        union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } ctl;
-        struct iovec iov = { g_rbuf, sizeof(g_rbuf) };
-        struct msghdr mh;
-        struct cmsghdr *c;
-        long n;
-        int fd = -1;
-
-        memset(&mh, 0, sizeof(mh));
-        mh.msg_iov = &iov;
-        mh.msg_iovlen = 1;
-        mh.msg_control = ctl.buf;
-        mh.msg_controllen = sizeof(ctl.buf);
-        n = SYS(SYS_recvmsg, sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC, 0, 0, 0);
-        if (n == 0)
-            return 1;
-        if (n < 0)
-            return n == -EAGAIN || n == -EINTR ? 0 : 1;
-        for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
-                memcpy(&fd, CMSG_DATA(c), sizeof(int));
-        if ((size_t)n < sizeof(struct g_rec)) {
-            if (fd >= 0)
-                (void)SYS(SYS_close, fd, 0, 0, 0, 0, 0);
-            continue;
-        }
-        g_apply(H, (const struct g_rec *)g_rbuf, g_rbuf + sizeof(struct g_rec),
-                (size_t)n - sizeof(struct g_rec), fd);
-    }
-}
-
-/* Release the holds whose max_hold has passed; tell the holder through EXPIRED. Returns
- * how long until the next deadline (ms), or -1 if none. */
-PQ_NO_TLS static long g_expire(struct g_hold *H, volatile uint32_t *expired)
-{
-    struct pq_plan_result r;
-    int64_t now = g_now_ms(), next = -1;
-    int i;
-
-    for (i = 0; i < G_MAX; i++) {
-        struct g_hold *h = &H[i];
-
-        if (!h->used || h->armed != 1)
-            continue;
-        if (h->deadline_ms <= now) {
-            /* Said first: the holder must not see the packets go before it can know why. */
-            expired[i] = h->seq;
-            (void)pq_plan_phase(h->fd, &h->plan, PQ_PH_RELEASE, NULL, &r);
-            h->armed = 0;
-        } else if (next < 0 || h->deadline_ms - now < next) {
-            next = h->deadline_ms - now;
-        }
-    }
-    return (long)next;
-}
-
-PQ_NO_TLS static int guardian_entry(void *unused)
-{
-    (void)unused;
-    guardian_main();
-}
-
-PQ_NO_TLS static void guardian_main(void)
-{
-    struct g_hold *H = g_args.holds;
-    volatile uint32_t *expired = g_args.expired;
-    pid_t holder = g_args.holder;
-    int sock = g_args.sock, sig, pidfd, null;
-    struct k_sigaction sa;
-    uint64_t none = 0;
-    struct g_rec ready;
-
-    /* Plain signal handling (the holder's handlers are not ours to run; SIGTERM, a kill
-     * of every process, must not stop our work), out of the holder's session (a kill of
-     * its process group does not reach us). */
-    memset(&sa, 0, sizeof(sa));
-    for (sig = 1; sig <= 64; sig++) {
-        sa.handler = sig == SIGPIPE || sig == SIGINT || sig == SIGHUP || sig == SIGTERM
-                         ? SIG_IGN : SIG_DFL;
-        if (sig != SIGKILL && sig != SIGSTOP)
-            (void)SYS(SYS_rt_sigaction, sig, &sa, 0, 8, 0, 0);
-    }
-    (void)SYS(SYS_setsid, 0, 0, 0, 0, 0, 0);
-    /* No fd of the holder's but our socket (at 3), and /dev/null as 0, 1, 2. */
-    if (sock != 3) {
-        (void)SYS(SYS_dup3, sock, 3, 0, 0, 0, 0);
-        sock = 3;
-    }
-    if (SYS(SYS_close_range, 4, ~0U, 0, 0, 0, 0) < 0) {
-        int fd;
-
-        for (fd = 4; fd < 65536; fd++)
-            (void)SYS(SYS_close, fd, 0, 0, 0, 0, 0);
-    }
-    null = (int)SYS(SYS_openat, AT_FDCWD, "/dev/null", O_RDWR, 0, 0, 0);
-    if (null >= 0) {
-        for (sig = 0; sig < 3; sig++)
-            if (null != sig)
-                (void)SYS(SYS_dup3, null, sig, 0, 0, 0, 0);
-        if (null > 3)
-            (void)SYS(SYS_close, null, 0, 0, 0, 0, 0);
-    }
-    /* Nothing of the holder's is held here any more: it may go on. */
-    memset(&ready, 0, sizeof(ready));
-    ready.type = G_READY;
-    (void)SYS(SYS_sendto, sock, &ready, sizeof(ready), MSG_NOSIGNAL, 0, 0);
-
-    (void)SYS(SYS_chdir, "/", 0, 0, 0, 0, 0);
-    (void)SYS(SYS_prctl, PR_SET_NAME, "plugqdisc-guard", 0, 0, 0, 0);
-    pidfd = (int)SYS(SYS_pidfd_open, holder, 0, 0, 0, 0, 0);
-    (void)SYS(SYS_rt_sigprocmask, SIG_SETMASK, &none, 0, 8, 0, 0);
-    if (SYS(SYS_getppid, 0, 0, 0, 0, 0, 0) != holder) {
-        /* The holder is already gone: read what it managed to send, then undo it. */
-        (void)g_read(H, sock);
-        g_undo_all(H);
-    }
-    for (;;) {
-        struct pollfd p[2] = { { sock, POLLIN, 0 }, { pidfd, POLLIN, 0 } };
-        long timeout = g_expire(H, expired);
-        struct timespec ts;
-        int dead = 0;
-        long n;
-
-        if (pidfd < 0 && (timeout < 0 || timeout > 100))
-            timeout = 100; /* no pidfd (old kernel): look at our parent ten times a second */
-        ts.tv_sec = timeout / 1000;
-        ts.tv_nsec = (timeout % 1000) * 1000000L;
-        n = SYS(SYS_ppoll, p, pidfd >= 0 ? 2 : 1, timeout < 0 ? NULL : &ts, 0, 8, 0);
-        if (n < 0 && n != -EINTR)
-            dead = 1;
-        if (n > 0 && p[0].revents)
-            dead |= g_read(H, sock);
-        if (pidfd >= 0 ? (n > 0 && p[1].revents != 0)
-                       : SYS(SYS_getppid, 0, 0, 0, 0, 0, 0) != holder)
-            dead = 1;
-        if (dead) {
-            (void)g_read(H, sock); /* records sent just before the end still count */
-            g_undo_all(H);
-        }
-    }
-}

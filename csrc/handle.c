@@ -1,0 +1,657 @@
+/*
+ * handle.c - the handle API (pq_*, see plug_qdisc.h), the top of the C core but for the
+ * HAProxy trio (plug_qdisc.c). A handle knows where its hold is and what it built: attach
+ * builds the plug (plug.c) or the tree around it (tree.c), writes the hold's plan once
+ * (hold.c) and hands it to the guardian (guard.c); detach runs the same plan. A failure
+ * leaves facts in the handle (step, errno, the kernel's text, what was found), never
+ * sentences. Nothing here prints, exits or aborts; nl_cli_* is never used.
+ */
+#define _GNU_SOURCE
+#include "plug_qdisc.h"
+#include "nl.h"
+#include "plan.h"
+#include "plug.h"
+#include "tree.h"
+#include "hold.h"
+#include "guard.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <net/if.h>
+#include <net/if_arp.h>
+#include <linux/pkt_sched.h>
+
+#include <netlink/socket.h>
+#include <netlink/route/link.h>
+#include <netlink/route/tc.h>
+
+/* The kernel's hard_header_len is not in netlink; Ethernet and loopback both use 14. */
+#define PQ_ETH_HLEN 14
+/* Stand-in queue length when tx_queue_len is 0 (a 0 limit would drop everything). */
+#define PQ_DEFAULT_TXQLEN 1000
+
+struct plug_qdisc {
+    struct pq_nl nl;           /* the socket, in the handle's namespace */
+    struct pq_error e;         /* the last call's failure */
+    int connected;             /* namespace taken and device looked up */
+    int ifindex;
+    char device[IFNAMSIZ];
+    uint32_t parent;
+    uint32_t handle;
+    uint32_t limit;            /* limit in force (what we last sent); 0 before connect */
+    uint32_t asked_limit;      /* the caller's limit, 0 for the device's default */
+    uint32_t default_limit;    /* the device's default, computed at connect */
+    int is_buffering;
+    int created;
+    int attached;
+    /* Where the plug itself is: the device and PARENT, the prio's band, or the ifb. */
+    int pl_ifindex;
+    uint32_t pl_parent;
+    /* Selective and ingress holds (pq_set_hold). */
+    int ingress;
+    int nterms;
+    struct pq_term *terms;
+    char ifb_name[IFNAMSIZ];
+    struct pq_plan plan;       /* how to undo what attach built */
+    /* The guardian. */
+    int guard;                 /* register at attach */
+    struct pq_guard_ticket ticket;
+};
+
+/* ---- errors: facts only ---------------------------------------------------------------- */
+
+static void reset_error(struct plug_qdisc *q)
+{
+    int attach_err = q->e.attach_err;
+    enum pq_step attach_step = q->e.attach_step;
+
+    memset(&q->e, 0, sizeof(q->e));
+    q->e.attach_err = attach_err;
+    q->e.attach_step = attach_step;
+    q->nl.kerr = 0;
+}
+
+static int fail(struct plug_qdisc *q, enum pq_step step, int err)
+{
+    return pq_fail(&q->e, step, err);
+}
+
+/* Run a call that may fail, keeping the error Q has now (the first failure's facts). */
+#define KEEPING_ERROR(q, call)                                                             \
+    do {                                                                                   \
+        struct pq_error keep_ = (q)->e;                                                    \
+        call;                                                                              \
+        (q)->e = keep_;                                                                    \
+    } while (0)
+/* ---- the handle ------------------------------------------------------------------------ */
+
+/* Make a handle; no I/O. 0, -EINVAL or -ENOMEM. */
+int pq_new(struct plug_qdisc **out, const char *device, int ifindex, uint32_t parent,
+           uint32_t handle, uint32_t limit)
+{
+    struct plug_qdisc *q;
+
+    if (!out)
+        return -EINVAL;
+    *out = NULL;
+    if (!device && ifindex <= 0)
+        return -EINVAL;
+    if (device && (device[0] == '\0' || strlen(device) > IFNAMSIZ - 1))
+        return -EINVAL;
+    q = calloc(1, sizeof(*q));
+    if (!q)
+        return -ENOMEM;
+    pq_nl_init(&q->nl, &q->e);
+    q->ticket.slot = -1;
+    q->parent = parent;
+    q->handle = handle;
+    q->asked_limit = limit;
+    q->ifindex = device ? 0 : ifindex;
+    if (device)
+        snprintf(q->device, sizeof(q->device), "%s", device);
+    *out = q;
+    return 0;
+}
+
+/* Use the namespace NETNS_FD (duplicated). 0, -EISCONN after connect, or -errno. */
+int pq_set_netns(struct plug_qdisc *q, int netns_fd)
+{
+    if (!q || netns_fd < 0)
+        return -EINVAL;
+    reset_error(q);
+    if (q->connected)
+        return fail(q, PQ_STEP_ARGS, -EISCONN);
+    return pq_nl_set_netns(&q->nl, netns_fd);
+}
+
+/* Whether term T is one the tree can build. */
+static int term_ok(const struct pq_term *t)
+{
+    if (t->kind == PQ_TERM_MARK)
+        return (t->mark & t->mark_mask) == t->mark && t->mark != 0;
+    return t->kind == PQ_TERM_FLOWER && (t->family == AF_INET || t->family == AF_INET6) &&
+           t->ip_proto <= 255 && t->sport_lo <= t->sport_hi && t->dport_lo <= t->dport_hi;
+}
+
+/* What to hold: ingress or egress, all or what TERMS select. 0, -EISCONN, -EINVAL. */
+int pq_set_hold(struct plug_qdisc *q, int ingress, const struct pq_term *terms, int nterms)
+{
+    struct pq_term *copy = NULL;
+    int i;
+
+    if (!q || nterms < 0 || (nterms > 0 && !terms))
+        return -EINVAL;
+    reset_error(q);
+    if (q->connected)
+        return fail(q, PQ_STEP_ARGS, -EISCONN);
+    if ((ingress || nterms) && q->parent != TC_H_ROOT)
+        return fail(q, PQ_STEP_ARGS, -EINVAL);
+    if (nterms && (q->handle == PQ_TREE_HANDLE || q->handle == TC_H_INGRESS))
+        return fail(q, PQ_STEP_ARGS, -EINVAL);
+    for (i = 0; i < nterms; i++)
+        if (!term_ok(&terms[i]))
+            return fail(q, PQ_STEP_ARGS, -EINVAL);
+    if (nterms) {
+        copy = calloc((size_t)nterms, sizeof(*copy));
+        if (!copy)
+            return -ENOMEM;
+        memcpy(copy, terms, (size_t)nterms * sizeof(*copy));
+    }
+    free(q->terms);
+    q->terms = copy;
+    q->nterms = nterms;
+    q->ingress = ingress ? 1 : 0;
+    return 0;
+}
+
+/* Guard from the next attach; max_hold. 0, -EINVAL, -EISCONN. */
+int pq_set_guard(struct plug_qdisc *q, int on, uint32_t max_hold_ms)
+{
+    if (!q || (max_hold_ms && !on))
+        return -EINVAL;
+    reset_error(q);
+    if (q->attached)
+        return fail(q, PQ_STEP_ARGS, -EISCONN);
+    q->guard = on ? 1 : 0;
+    q->ticket.max_hold_ms = max_hold_ms;
+    return 0;
+}
+
+/* Look the device up and record what the handle needs, with the kernel's default limit
+ * tx_queue_len * (mtu + hard_header_len). 0 or -errno (step DEVICE). */
+static int lookup_device(struct plug_qdisc *q)
+{
+    struct rtnl_link *link;
+    unsigned int mtu, txqlen, arptype, hh;
+    uint64_t lim;
+    const char *name;
+    int err;
+
+    err = pq_nl_get_link(&q->nl, q->device[0] ? 0 : q->ifindex, q->device, &link);
+    if (err < 0)
+        return fail(q, PQ_STEP_DEVICE, err);
+    q->ifindex = rtnl_link_get_ifindex(link);
+    name = rtnl_link_get_name(link);
+    if (name)
+        snprintf(q->device, sizeof(q->device), "%s", name);
+    mtu = rtnl_link_get_mtu(link);
+    txqlen = rtnl_link_get_txqlen(link);
+    arptype = rtnl_link_get_arptype(link);
+    rtnl_link_put(link);
+    hh = (arptype == ARPHRD_ETHER || arptype == ARPHRD_LOOPBACK) ? PQ_ETH_HLEN : 0;
+    if (txqlen == 0)
+        txqlen = PQ_DEFAULT_TXQLEN;
+    lim = (uint64_t)txqlen * ((uint64_t)mtu + hh);
+    q->default_limit = lim > UINT32_MAX ? UINT32_MAX : (uint32_t)lim;
+    return 0;
+}
+
+/* Take the namespace, open the socket, look the device up. 0 or -errno. */
+int pq_connect(struct plug_qdisc *q)
+{
+    int err;
+
+    if (!q)
+        return -EINVAL;
+    if (q->connected)
+        return 0;
+    reset_error(q);
+    if ((err = pq_nl_ready(&q->nl)) < 0 || (err = lookup_device(q)) < 0)
+        return err;
+    q->limit = q->asked_limit ? q->asked_limit : q->default_limit;
+    if (!q->ingress) {
+        /* Plain: the plug is at PARENT of the device; match mode: a band of the prio. */
+        q->pl_ifindex = q->ifindex;
+        q->pl_parent = q->nterms ? PQ_TREE_PLUG_CLASS : q->parent;
+    } else {
+        snprintf(q->ifb_name, sizeof(q->ifb_name), PQ_IFB_PREFIX "%d", q->ifindex);
+        q->pl_parent = TC_H_ROOT;      /* of the ifb, known once attach made it */
+    }
+    q->connected = 1;
+    return 0;
+}
+
+/* pq_new + pq_set_netns + pq_connect; frees the handle on failure. 0 or -errno. */
+int pq_open(struct plug_qdisc **out, const char *device, int ifindex, uint32_t parent,
+            uint32_t handle, uint32_t limit, int netns_fd)
+{
+    struct plug_qdisc *q;
+    int err;
+
+    err = pq_new(&q, device, ifindex, parent, handle, limit);
+    if (err < 0)
+        return err;
+    if (netns_fd >= 0)
+        err = pq_set_netns(q, netns_fd);
+    if (err == 0)
+        err = pq_connect(q);
+    if (err < 0) {
+        pq_close(q);
+        return err;
+    }
+    *out = q;
+    return 0;
+}
+
+/* Start an operation: a fresh error record, connected, and a socket of this process's
+ * own (a forked child's is made anew, in the same namespace). 0 or -errno. */
+static int begin(struct plug_qdisc *q)
+{
+    reset_error(q);
+    if (!q->connected)
+        return pq_connect(q);
+    return pq_nl_ready(&q->nl);
+}
+
+/* ---- attach ---------------------------------------------------------------------------- */
+
+/* Send one plug action to our plug. 0 or -errno. */
+static int send_plug(struct plug_qdisc *q, int flags, int action, uint32_t limit)
+{
+    return pq_plug_send(&q->nl, q->pl_ifindex, q->pl_parent, q->handle, flags, action, limit);
+}
+
+/* Create the plug at its place with the limit (FLAGS: CREATE|EXCL, or CREATE|REPLACE),
+ * then release it: a new plug qdisc holds, and after attach traffic passes. A plug that
+ * cannot be released is deleted again rather than left holding with nobody in charge.
+ * A create answered ENOENT is a missing parent (step PARENT) or a kernel without sch_plug
+ * (step CREATE). 0 or -errno, step recorded. */
+static int make_plug(struct plug_qdisc *q, int flags)
+{
+    int err = send_plug(q, flags, TCQ_PLUG_LIMIT, q->limit);
+
+    if (err == -ENOENT && q->pl_parent != TC_H_ROOT) {
+        int exists;
+
+        KEEPING_ERROR(q, exists = pq_nl_class_exists(&q->nl, q->pl_ifindex, q->pl_parent));
+        if (exists == 0)
+            return fail(q, PQ_STEP_PARENT, err);
+    }
+    if (err < 0)
+        return fail(q, PQ_STEP_CREATE, err);
+    err = send_plug(q, 0, TCQ_PLUG_RELEASE_INDEFINITE, q->limit);
+    if (err < 0) {
+        fail(q, PQ_STEP_CHANGE, err);
+        KEEPING_ERROR(q, (void)pq_plug_delete(&q->nl, q->pl_ifindex, q->pl_parent, q->handle));
+    }
+    return err;
+}
+
+/* Adopt our plug found at the place: only an explicit limit overrides its limit; then
+ * release it. 0 or -errno. */
+static int adopt_plug(struct plug_qdisc *q)
+{
+    int err = q->asked_limit ? send_plug(q, 0, TCQ_PLUG_LIMIT, q->limit) : 0;
+
+    if (err < 0)
+        return fail(q, PQ_STEP_ADOPT, err);
+    err = send_plug(q, 0, TCQ_PLUG_RELEASE_INDEFINITE, q->limit);
+    return err < 0 ? fail(q, PQ_STEP_CHANGE, err) : 0;
+}
+
+/* A plain hold: make the plug at PARENT, or adopt ours, or take another qdisc's place if
+ * REPLACE. *CREATED says which. 0 or -errno. */
+static int attach_plain(struct plug_qdisc *q, int replace, int *created)
+{
+    struct rtnl_qdisc *qd = NULL;
+    uint32_t there;
+    int err;
+
+    err = pq_nl_get_qdisc(&q->nl, q->ifindex, q->parent, &qd);
+    if (err < 0)
+        return fail(q, PQ_STEP_INSPECT, err);
+    there = qd ? rtnl_tc_get_handle(TC_CAST(qd)) : 0;
+    *created = 1;
+    if (there == 0) {
+        err = make_plug(q, NLM_F_CREATE | NLM_F_EXCL);   /* nothing, or the default */
+    } else if (pq_plug_is(qd, q->handle)) {
+        /* Ours from an earlier run. A second attach keeps knowing that it created it. */
+        *created = q->attached && q->created;
+        err = adopt_plug(q);
+    } else if (!replace) {
+        pq_plug_note_found(&q->e, qd);
+        err = fail(q, PQ_STEP_OCCUPIED, -EEXIST);
+    } else if (there == q->handle) {
+        /* Same handle, other kind: the kernel takes a replace as a change of that qdisc
+         * and refuses the kind ("Invalid qdisc name"). Delete it, then create ours. */
+        err = pq_nl_delete_qdisc(&q->nl, q->ifindex, q->parent, q->handle,
+                                 rtnl_tc_get_kind(TC_CAST(qd)));
+        if (err < 0) {
+            pq_plug_note_found(&q->e, qd);
+            err = fail(q, PQ_STEP_REMOVE_OTHER, err);
+        } else {
+            err = make_plug(q, NLM_F_CREATE | NLM_F_EXCL);
+        }
+    } else {
+        err = make_plug(q, NLM_F_CREATE | NLM_F_REPLACE);
+    }
+    if (qd)
+        rtnl_qdisc_put(qd);
+    return err;
+}
+
+static enum pq_mode mode_of(const struct plug_qdisc *q)
+{
+    return q->ingress ? PQ_MODE_INGRESS : q->nterms ? PQ_MODE_MATCH : PQ_MODE_PLAIN;
+}
+
+/* Remove what a failed tree attach built, with the tree's own plan, keeping the error. */
+static int undo_tree(struct plug_qdisc *q, int err)
+{
+    struct pq_plan_result r;
+    struct pq_plan p;
+    int fd = nl_socket_get_fd(q->nl.sk);
+
+    pq_plan_init(&p, q->handle);
+    if (pq_tree_plan(&p, q->ifindex, q->ingress, q->ifb_name) == 0) {
+        (void)pq_plan_phase(fd, &p, PQ_PH_DIVERT, NULL, &r);
+        (void)pq_plan_run(fd, &p, PQ_PH_REMOVE, 0, &r);
+    }
+    return err;
+}
+
+/* A selective (egress) or ingress hold: build the tree around a new plug, all of it or
+ * nothing. 0 or -errno, step recorded. */
+static int attach_tree(struct plug_qdisc *q, int replace)
+{
+    int err;
+
+    if (!q->ingress) {
+        if ((err = pq_tree_take_place(&q->nl, q->ifindex, TC_H_ROOT, replace)) < 0 ||
+            (err = pq_tree_add_prio(&q->nl, q->ifindex)) < 0)
+            return err;
+        if ((err = make_plug(q, NLM_F_CREATE | NLM_F_EXCL)) < 0 ||
+            (err = pq_tree_add_filters(&q->nl, q->ifindex, PQ_TREE_HANDLE, q->terms,
+                                       q->nterms, PQ_TREE_PLUG_CLASS, 0)) < 0)
+            return undo_tree(q, err);
+        return 0;
+    }
+    if ((err = pq_tree_take_place(&q->nl, q->ifindex, TC_H_INGRESS, replace)) < 0)
+        return err;
+    /* Adding (and removing) an ingress qdisc makes the kernel reset the device's egress
+     * qdiscs, purging what they hold uncounted: refuse while the egress holds packets. */
+    if ((err = pq_tree_egress_held(&q->nl, q->ifindex)) != 0)
+        return err < 0 ? fail(q, PQ_STEP_INSPECT, err) : fail(q, PQ_STEP_INGRESS, -EBUSY);
+    if ((err = pq_tree_make_ifb(&q->nl, q->ifb_name, replace, &q->pl_ifindex)) < 0)
+        return err;
+    if ((err = make_plug(q, NLM_F_CREATE | NLM_F_EXCL)) < 0 ||
+        (err = pq_tree_add_ingress(&q->nl, q->ifindex)) < 0 ||
+        (err = pq_tree_add_filters(&q->nl, q->ifindex, PQ_INGRESS_HANDLE, q->terms, q->nterms,
+                                   0, q->pl_ifindex)) < 0)
+        return undo_tree(q, err);
+    return 0;
+}
+
+/* Hand the hold to the guardian: the whole plan if we created what it holds with, else
+ * only its release. 0 or -errno (step GUARD). */
+static int guard_hold(struct plug_qdisc *q)
+{
+    struct pq_plan release;
+    int fd, err;
+
+    if (!q->guard || pq_guard_registered(&q->ticket))
+        return 0;
+    if ((err = pq_nl_raw_socket(&q->nl, &fd)) < 0)
+        return err;
+    if (!q->created)
+        pq_plan_prefix(&release, &q->plan, PQ_PH_DIVERT);
+    err = pq_guard_register(&q->ticket, q->created ? &q->plan : &release, fd,
+                            q->ticket.max_hold_ms);
+    return err < 0 ? fail(q, PQ_STEP_GUARD, err) : 0;
+}
+
+/* Create or adopt the hold at the handle's place, then release it. 0 or -errno. */
+int pq_attach(struct plug_qdisc *q, int replace)
+{
+    int err, created = 1;
+
+    if (!q)
+        return -EINVAL;
+    err = begin(q);
+    if (err == 0 && q->attached && mode_of(q) != PQ_MODE_PLAIN)
+        err = 0;                       /* the tree is ours alone, made once */
+    else if (err == 0)
+        err = mode_of(q) == PQ_MODE_PLAIN ? attach_plain(q, replace, &created)
+                                          : attach_tree(q, replace);
+    if (err == 0 && !q->attached) {
+        err = pq_hold_plan(&q->plan, mode_of(q), q->ifindex, q->pl_ifindex, q->pl_parent,
+                        q->handle, q->ifb_name);
+        if (err < 0) {
+            fail(q, PQ_STEP_GUARD, err);
+            q->attached = 1;           /* so that detach takes down what was built */
+            KEEPING_ERROR(q, if (created) (void)pq_detach(q, 1000));
+            q->attached = 0;
+        }
+    }
+    if (err == 0 && !q->attached) {
+        q->created = created;
+        q->is_buffering = 0;
+        q->attached = 1;
+    }
+    if (err == 0 && (err = guard_hold(q)) < 0) {
+        /* Unguarded is not what was asked for: undo the attach. */
+        KEEPING_ERROR(q, if (q->created) (void)pq_detach(q, 1000));
+        q->attached = 0;
+    }
+    q->e.attach_err = q->e.err;
+    q->e.attach_step = q->e.step;
+    return err;
+}
+
+/* ---- operations ------------------------------------------------------------------------ */
+
+/* Send one plug action to an attached handle. 0, -ENOTCONN before attach, or -errno. */
+static int plug_action(struct plug_qdisc *q, int action, uint32_t limit)
+{
+    int err;
+
+    if (!q)
+        return -EINVAL;
+    reset_error(q);
+    if (!q->attached)
+        return fail(q, PQ_STEP_STATE, -ENOTCONN);
+    if ((err = begin(q)) < 0)
+        return err;
+    err = send_plug(q, 0, action, limit);
+    return err < 0 ? fail(q, PQ_STEP_CHANGE, err) : 0;
+}
+
+/* TCQ_PLUG_BUFFER: start a new epoch and hold. 0 or -errno. */
+int pq_buffer(struct plug_qdisc *q)
+{
+    int err = plug_action(q, TCQ_PLUG_BUFFER, q ? q->limit : 0);
+
+    if (err == 0) {
+        q->is_buffering = 1;
+        pq_guard_hold(&q->ticket, 1);
+    }
+    return err;
+}
+
+/* TCQ_PLUG_RELEASE_ONE: release the previous epoch; still holding. 0 or -errno. */
+int pq_release_one(struct plug_qdisc *q)
+{
+    return plug_action(q, TCQ_PLUG_RELEASE_ONE, q ? q->limit : 0);
+}
+
+/* TCQ_PLUG_RELEASE_INDEFINITE: release everything and pass traffic. 0 or -errno. */
+int pq_release_indefinite(struct plug_qdisc *q)
+{
+    int err = plug_action(q, TCQ_PLUG_RELEASE_INDEFINITE, q ? q->limit : 0);
+
+    if (err == 0) {
+        if (q->is_buffering)
+            pq_guard_hold(&q->ticket, 0);
+        q->is_buffering = 0;
+    }
+    return err;
+}
+
+/* TCQ_PLUG_LIMIT: set the limit in bytes (0: the device's default). 0 or -errno. */
+int pq_set_limit(struct plug_qdisc *q, uint32_t limit)
+{
+    uint32_t lim;
+    int err;
+
+    if (!q)
+        return -EINVAL;
+    /* 0 would drop every packet; as at creation it means the device's default. */
+    lim = limit ? limit : q->default_limit;
+    err = plug_action(q, TCQ_PLUG_LIMIT, lim);
+    if (err == 0)
+        q->limit = lim;
+    return err;
+}
+
+/* Read our plug's counters: 0, -ENOENT (gone; what is there in found_*), or -errno. */
+static int read_stats(struct plug_qdisc *q, struct pq_stats *st)
+{
+    int err = pq_plug_read(&q->nl, q->pl_ifindex, q->pl_parent, q->handle, st);
+
+    return err < 0 ? fail(q, PQ_STEP_STATS, err) : 0;
+}
+
+int pq_get_stats(struct plug_qdisc *q, struct pq_stats *st)
+{
+    int err;
+
+    if (!q || !st)
+        return -EINVAL;
+    if ((err = begin(q)) < 0)
+        return err;
+    /* No tree, no plug to read; after a failed attach, say why it failed again. */
+    if (!q->attached && (q->ingress || q->nterms || q->e.attach_err))
+        return fail(q, PQ_STEP_STATE, -ENOTCONN);
+    return read_stats(q, st);
+}
+
+/* The handle lets go of its hold: detached, no longer guarded. */
+static void let_go(struct plug_qdisc *q)
+{
+    q->attached = 0;
+    q->is_buffering = 0;
+    pq_guard_unregister(&q->ticket);
+}
+
+/* Run the hold's plan: release, stop the diversion, wait up to TIMEOUT_MS for the drain,
+ * remove. 0, -ETIMEDOUT (left in place, passing), -ENOENT (already gone; no longer
+ * attached), -EBUSY (all removed but an empty ingress qdisc), or -errno. */
+int pq_detach(struct plug_qdisc *q, int timeout_ms)
+{
+    struct pq_plan_result r;
+    int err;
+
+    if (!q)
+        return -EINVAL;
+    reset_error(q);
+    if (!q->attached)
+        return fail(q, PQ_STEP_STATE, -ENOTCONN);
+    if ((err = begin(q)) < 0)
+        return err;
+    err = pq_plan_run(nl_socket_get_fd(q->nl.sk), &q->plan, PQ_PH_RELEASE, timeout_ms, &r);
+    if (err < 0 && r.phase == PQ_PH_RELEASE) {
+        /* Gone, or another qdisc in its place: if our plug is not there, say -ENOENT
+         * (what is there in found_*) and let go of it. */
+        if (read_stats(q, NULL) == -ENOENT) {
+            let_go(q);
+            return -ENOENT;
+        }
+        reset_error(q);
+    }
+    if (err == 0 || r.phase > PQ_PH_RELEASE) {
+        if (q->is_buffering)
+            pq_guard_hold(&q->ticket, 0);
+        q->is_buffering = 0;
+    }
+    if (err == 0 || (err == -EBUSY && r.phase == PQ_PH_EGRESS) ||
+        (err == -ENOENT && r.phase != PQ_PH_RELEASE && r.phase != PQ_PH_DIVERT))
+        let_go(q);
+    if (err == 0)
+        return 0;
+    return pq_hold_failed(&q->e, &r, err);
+}
+
+/* 1 if max_hold released the current hold. */
+int pq_hold_expired(const struct plug_qdisc *q)
+{
+    return q ? pq_guard_expired(&q->ticket) : 0;
+}
+
+/* Free the handle, its socket and its namespace fd; the qdisc stays, no longer guarded.
+ * NULL is fine. */
+void pq_close(struct plug_qdisc *q)
+{
+    if (!q)
+        return;
+    pq_guard_unregister(&q->ticket);
+    pq_nl_close(&q->nl);
+    free(q->terms);
+    free(q);
+}
+
+int pq_connected(const struct plug_qdisc *q)
+{
+    return q ? q->connected : 0;
+}
+
+int pq_ifindex(const struct plug_qdisc *q)
+{
+    return q ? q->ifindex : 0;
+}
+
+const char *pq_device(const struct plug_qdisc *q)
+{
+    return q ? q->device : "";
+}
+
+uint32_t pq_limit(const struct plug_qdisc *q)
+{
+    if (!q)
+        return 0;
+    return q->connected ? q->limit : q->asked_limit;
+}
+
+/* 1 if we last told the qdisc to hold (and max_hold has not released it since). */
+int pq_is_buffering(const struct plug_qdisc *q)
+{
+    return q ? q->is_buffering && !pq_guard_expired(&q->ticket) : 0;
+}
+
+int pq_created(const struct plug_qdisc *q)
+{
+    return q ? q->created : 0;
+}
+
+int pq_attached(const struct plug_qdisc *q)
+{
+    return q ? q->attached : 0;
+}
+
+const struct pq_error *pq_last_error(const struct plug_qdisc *q)
+{
+    static const struct pq_error none;
+
+    return q ? &q->e : &none;
+}
