@@ -44,7 +44,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import IO, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (IO, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple,
+                    Union)
 
 __all__ = ["run", "find_kernel", "LabError", "DEFAULT_KERNEL", "MODULES", "TIMEOUT_STATUS",
            "parse_modules"]
@@ -248,6 +249,7 @@ def run(
     env: Optional[Mapping[str, str]] = None,
     cwd: Union[str, "os.PathLike[str]", None] = None,
     modules: Iterable[str] = (),
+    stop: Optional[Callable[[], bool]] = None,
 ) -> "subprocess.CompletedProcess[bytes]":
     """Run CMD as root inside a User-Mode Linux kernel that has sch_plug.
 
@@ -257,6 +259,8 @@ def run(
     ``modules``: kernel modules to load before CMD runs, besides :data:`MODULES`, by
     name as ``modprobe`` knows them (``["sch_netem", "sch_tbf"]``); their dependencies
     come along, and CMD can ``modprobe`` any other module the lab's kernel ships.
+    ``stop``: called about five times a second while the lab runs (on this thread);
+    when it returns true the lab is stopped as on a timeout (status 124).
     Unless captured, CMD's output is streamed to ``stdout`` / ``stderr`` (default:
     this process's). Standard input inside is ``/dev/null``. ``env`` and ``cwd``
     default to the caller's. Raises :class:`LabError` when the lab itself fails
@@ -290,14 +294,16 @@ def run(
 
     workdir = tempfile.mkdtemp(prefix="plugqdisc-lab-")
     try:
-        return _boot(cmd, env, cwd, kernel_path, mem, timeout, modules, workdir, out, err)
+        return _boot(cmd, env, cwd, kernel_path, mem, timeout, modules, workdir, out, err,
+                     stop)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _boot(cmd: List[str], env: Dict[str, str], cwd: str, kernel_path: str, mem: str,
           timeout: Optional[float], modules: List[str], workdir: str, out: _Sink,
-          err: _Sink) -> "subprocess.CompletedProcess[bytes]":
+          err: _Sink, stop: Optional[Callable[[], bool]]
+          ) -> "subprocess.CompletedProcess[bytes]":
     init = os.path.join(workdir, "init")
     with open(init, "w") as f:
         f.write(_guest_script(cmd, env, cwd, workdir, modules))
@@ -321,7 +327,7 @@ def _boot(cmd: List[str], env: Dict[str, str], cwd: str, kernel_path: str, mem: 
         )
     os.close(out_w)
     os.close(err_w)
-    timed_out = False
+    timed_out = stopped = False
     try:
         sel = selectors.DefaultSelector()
         sel.register(out_r, selectors.EVENT_READ, out)
@@ -332,7 +338,10 @@ def _boot(cmd: List[str], env: Dict[str, str], cwd: str, kernel_path: str, mem: 
             if wait == 0.0:
                 timed_out = True
                 break
-            for key, _ in sel.select(min(wait, 0.5) if wait is not None else 0.5):
+            if stop is not None and stop():
+                stopped = True
+                break
+            for key, _ in sel.select(min(wait, 0.2) if wait is not None else 0.2):
                 data = os.read(key.fd, 65536)
                 if data:
                     key.data.write(data)
@@ -350,6 +359,9 @@ def _boot(cmd: List[str], env: Dict[str, str], cwd: str, kernel_path: str, mem: 
         _kill_group(proc)
         os.close(out_r)
         os.close(err_r)
+    if stopped:
+        err.write(("plugqdisc.lab: the lab was stopped before %s finished\n" % cmd[0]).encode())
+        return subprocess.CompletedProcess(cmd, TIMEOUT_STATUS, out.value(), err.value())
     if timed_out:
         err.write(("plugqdisc.lab: %s did not finish within %s s; the lab was stopped\n"
                    % (cmd[0], timeout)).encode())
