@@ -7,7 +7,8 @@ turns it off). What it gives a test suite:
   in a fresh network namespace with ``lo`` up (``plugqdisc(netns=False)``: in the
   namespace pytest runs in). Where the kernel lacks ``sch_plug``, the marked tests
   run inside the lab with ``--plugqdisc-lab`` (one User-Mode Linux boot for all of
-  them, each outcome reported as that test's own), and are skipped without it.
+  them, or one per pytest-xdist worker, each test run once and its outcome reported
+  as that test's own as soon as the lab has run it), and are skipped without it.
 * fixture ``netns``: a fresh network namespace with ``lo`` up, entered by the
   test's thread for the test's duration (:class:`plugqdisc.netns.NetNamespace`).
 * fixture ``plug``: ``plug(device="lo", **PlugQdisc keywords)`` returns an attached
@@ -295,9 +296,25 @@ class _Labs:
             self._dir = tempfile.mkdtemp(prefix="plugqdisc-pytest-")
         return self._dir
 
+    def work_ahead(self, every: bool = False) -> None:
+        """Start the lab of a share no process runs yet, if this one runs none (or, with
+        ``every``, of every such share): a worker waiting for another's lab, or done with
+        its own tests, runs the labs the others will need."""
+        for share in self.shares:
+            if share.running() and not every:
+                return
+        for share in self.shares:
+            if not share.running():
+                share.claim()
+                if share.running() and not every:
+                    return
+
     def finish(self, stop: bool) -> None:
         """Wait for the labs this process runs (a worker must not end while another
-        waits for one of them), stopping them first when ``stop``."""
+        waits for one of them), stopping them first when ``stop``. A pytest-xdist worker
+        first starts those no worker has started."""
+        if not stop and not self._own_dir:
+            self.work_ahead(every=True)
         for share in self.shares:
             share.finish(stop)
         if self._own_dir and self._dir is not None:
@@ -384,10 +401,16 @@ class _Share:
             if nodeid in state.finished or state.ended is not None:
                 return state
             if self._thread is None:
-                self._claim()
+                self.claim()
+                if self._thread is None:  # another process runs it: run another meanwhile
+                    self.labs.work_ahead()
             time.sleep(_POLL)
 
-    def _claim(self) -> None:
+    def running(self) -> bool:
+        """Whether this process runs (or ran) this share's lab."""
+        return self._thread is not None
+
+    def claim(self) -> None:
         """Run this share's lab unless another process does (it holds the lock for the
         lab's whole run)."""
         fd = os.open(self._path("lock"), os.O_RDWR | os.O_CREAT, 0o600)
