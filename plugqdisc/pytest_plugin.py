@@ -258,6 +258,7 @@ def pytest_configure_node(node: Any) -> None:
     node.workerinput[_SHARED_KEY] = config.stash[_SHARED]
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest tears down an interrupted test's LabItem
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     labs = session.config.stash.get(_LABS, None)
     if labs is not None:
@@ -269,6 +270,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _SHARED in config.stash:
         shutil.rmtree(config.stash[_SHARED], ignore_errors=True)
+    labs = config.stash.get(_LABS, None)
+    if labs is not None:
+        labs.remove()
 
 
 class _Labs:
@@ -317,6 +321,8 @@ class _Labs:
             self.work_ahead(every=True)
         for share in self.shares:
             share.finish(stop)
+
+    def remove(self) -> None:
         if self._own_dir and self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
 
@@ -400,6 +406,8 @@ class _Share:
             state = self.poll()
             if nodeid in state.finished or state.ended is not None:
                 return state
+            if self._thread is not None and not self._thread.is_alive():
+                return self.poll()  # it wrote its last word before it ended
             if self._thread is None:
                 self.claim()
                 if self._thread is None:  # another process runs it: run another meanwhile
@@ -438,6 +446,7 @@ class _Share:
         if self._thread is not None:
             self._stopping = stop
             self._thread.join()
+            self.poll()
 
     def _command(self) -> List[str]:
         config = self.labs.config
@@ -482,6 +491,7 @@ class _Share:
             # A test that ran out of time: the output of the run inside is only pytest's dots.
             self._append({"ended": True, "failure": failure, "blame": blame,
                           "not_run": not_run, "seconds": watch.ran_for,
+                          "host_ended": watch.host_ended,
                           "output": "" if watch.blame else output[-4000:]})
             assert self._claim_fd is not None
             os.close(self._claim_fd)  # lets go of the claim
@@ -501,12 +511,14 @@ class _Watch:
         self.reason = ""
         self.blame: Optional[str] = None
         self.ran_for: Optional[float] = None  # how long the blamed test had run
+        self.host_ended = False
         self._moves = -1
         self._since = time.monotonic()
 
     def __call__(self) -> bool:
         if self.share.stopping():
             self.reason = "the pytest session on the host ended first (interrupted, or -x)"
+            self.host_ended = True
             return True
         state = self.share.poll()
         now = time.monotonic()
@@ -568,6 +580,8 @@ class LabItem(pytest.Item):
             return  # a phase that did not run inside either (a call after a failed setup)
         self._settled = True
         ended = state.ended or {}
+        if ended.get("host_ended"):
+            return  # interrupted (or -x) on the host: pytest says so, nothing to add
         said = ("\nThe pytest run in the lab said:\n%s" % ended["output"]
                 if ended.get("output") else "")
         if self.nodeid in state.started:  # running when the lab stopped: this is its failure

@@ -5,9 +5,11 @@ from pytest's JUnit XML report."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -21,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROJECT = '''
 import os
+import signal
 import socket
 import subprocess
 
@@ -238,6 +241,7 @@ def test_with_the_option_each_marked_test_reports_its_own_outcome_from_one_boot(
 
 HANGS = """
 import os
+import signal
 import time
 
 import pytest
@@ -365,6 +369,7 @@ def test_a_lab_that_cannot_start_the_tests_in_time_errors_each_once(tmp_path: Pa
 
 XDIST = """
 import os
+import signal
 
 import pytest
 
@@ -429,3 +434,44 @@ def test_with_xdist_each_marked_test_runs_once(tmp_path: Path) -> None:
     assert len(inside) == 2 and not host & inside  # a lab per worker's share: two boots
     assert {worker for name, _, worker in runs if not name.startswith("unmarked")} == {"-"}
     assert {worker for name, _, worker in runs if name.startswith("unmarked")} <= {"gw0", "gw1"}
+
+
+def uml_processes(under: Path) -> List[int]:
+    """UML processes of labs whose files are under ``under`` (their uml_dir=)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                if b"uml_dir=" + str(under).encode() in f.read():
+                    found.append(int(pid))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+@needs_lab
+def test_ctrl_c_stops_the_lab_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_user.py").write_text(textwrap.dedent(HANGS))
+    labs = tmp_path / "tmp"
+    labs.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PLUGQDISC_") and k != "PYTEST_ADDOPTS"}
+    env.update(PLUGQDISC_NATIVE="0", TMPDIR=str(labs))
+    # SIGINT's default restored: a shell may start us with it ignored.
+    p = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                          "--plugqdisc-lab"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        while "waits" not in traces_list(tmp_path):  # the lab runs a test that waits
+            assert p.poll() is None, p.communicate()[0]
+            time.sleep(0.1)
+        assert uml_processes(labs)
+        p.send_signal(signal.SIGINT)
+        out = p.communicate(timeout=120)[0]
+    finally:
+        p.kill()
+    assert p.returncode == 2, out  # interrupted
+    assert "KeyboardInterrupt" in out
+    assert uml_processes(labs) == [] and os.listdir(labs) == []
