@@ -484,10 +484,11 @@ class _Share:
             blame = watch.blame if watch.reason else state.running
             failure = watch.reason or failure
             not_run = ""
-            if failure and blame:  # one test to blame: it fails, the rest did not run
-                not_run = "not run: %s had run longer than %s s (--plugqdisc-lab-timeout)" % (
-                    blame, watch.timeout) if watch.blame else "not run: %s (while %s ran)" % (
-                    failure, blame)
+            if failure and watch.blame:  # one test to blame: it fails, the rest did not run
+                not_run = ("not run: %s had run longer than %s s (--plugqdisc-lab-timeout)"
+                           % (blame, watch.timeout))
+            elif failure and blame:
+                not_run = "not run: %s (while %s ran)" % (failure, blame)
             # A test that ran out of time: the output of the run inside is only pytest's dots.
             self._append({"ended": True, "failure": failure, "blame": blame,
                           "not_run": not_run, "seconds": watch.ran_for,
