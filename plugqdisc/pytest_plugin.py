@@ -488,7 +488,7 @@ class _Share:
                 not_run = ("not run: %s had run longer than %s s (--plugqdisc-lab-timeout)"
                            % (blame, watch.timeout))
             elif failure and blame:
-                not_run = "not run: %s (while %s ran)" % (failure, blame)
+                not_run = "not run: the lab ended while %s ran (see its failure)" % blame
             # A test that ran out of time: the output of the run inside is only pytest's dots.
             self._append({"ended": True, "failure": failure, "blame": blame,
                           "not_run": not_run, "seconds": watch.ran_for,
