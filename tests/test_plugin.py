@@ -475,3 +475,39 @@ def test_ctrl_c_stops_the_lab_and_leaves_nothing_behind(tmp_path: Path) -> None:
     assert p.returncode == 2, out  # interrupted
     assert "KeyboardInterrupt" in out
     assert uml_processes(labs) == [] and os.listdir(labs) == []
+
+
+CRASH = """
+import os
+
+import pytest
+
+
+@pytest.mark.plugqdisc(netns=False)
+def test_before():
+    pass
+
+
+@pytest.mark.plugqdisc(netns=False)
+def test_ends_the_lab():
+    os.system("poweroff -f")
+
+
+@pytest.mark.plugqdisc(netns=False)
+def test_later():
+    pass
+"""
+
+
+@needs_lab
+def test_a_lab_that_dies_during_a_test_fails_that_test_alone(tmp_path: Path) -> None:
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_user.py").write_text(textwrap.dedent(CRASH))
+    outcomes, p = run_pytest(tmp_path, "--plugqdisc-lab")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert outcomes["test_before"] == ("passed", "")
+    kind, text = outcomes["test_ends_the_lab"]
+    assert kind == "failed" and "the lab failed: the lab kernel ended" in text
+    assert outcomes["test_later"] == ("skipped", "not run: the lab ended while "
+                                      "test_user.py::test_ends_the_lab ran (see its failure)")
+    assert set(count_results(tmp_path / "report.xml").values()) == {0, 1}
