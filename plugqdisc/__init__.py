@@ -38,9 +38,9 @@ from typing import Iterator, List, NamedTuple, Optional, Sequence, Union
 
 try:
     from . import _plugqdisc
-except ImportError as e:  # say what to do (a source tree hiding the installed package)
-    from ._extension import import_failed
-    raise import_failed(e) from e
+except ImportError as e:  # a source tree without it: the lab runs, the C core says what to do
+    from ._extension import unbuilt
+    _plugqdisc = unbuilt(e)
 from . import _cli_records, _guard
 from ._match import Address, Match, Ports, terms_of
 from ._words import PYTHON, Python

@@ -4,13 +4,15 @@ Many kernels (CI containers, this project's own machines) are built without
 ``CONFIG_NET_SCH_PLUG``. Debian's ``user-mode-linux`` package ships a 6.1 kernel
 that runs as an ordinary process and has ``sch_plug.ko``. The lab boots it with
 the host's filesystem as its root (so the caller's interpreter, virtualenv and
-build run unchanged), loads the modules, brings ``lo`` up, runs CMD as root in
+build run unchanged), loads the modules (and lets ``modprobe`` load any other the
+kernel ships), brings ``lo`` up, runs CMD as root in
 the caller's working directory with the caller's environment, streams its
 output and hands back its exit status.
 
 Command line::
 
-    python -m plugqdisc.lab [--kernel PATH] [--mem SIZE] [--timeout SECONDS] [--] CMD [ARGS...]
+    python -m plugqdisc.lab [--kernel PATH] [--mem SIZE] [--timeout SECONDS]
+                            [--modules LIST] [--] CMD [ARGS...]
 
 From Python: :func:`run` returns a :class:`subprocess.CompletedProcess`.
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import re
 import selectors
 import shlex
 import shutil
@@ -41,28 +44,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import IO, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (IO, Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple,
+                    Union)
 
-__all__ = ["run", "find_kernel", "LabError", "DEFAULT_KERNEL", "MODULES", "TIMEOUT_STATUS"]
+__all__ = ["run", "find_kernel", "LabError", "DEFAULT_KERNEL", "MODULES", "TIMEOUT_STATUS",
+           "parse_modules"]
 
 DEFAULT_KERNEL = "/usr/bin/linux.uml"
 MODULE_ROOT = "/usr/lib/uml/modules"
-#: Modules loaded when present, relative to the guest's module tree.
+#: Modules loaded at boot when the kernel has them, by name (as ``modprobe`` knows them).
 MODULES = (
-    "kernel/net/sched/sch_plug.ko",
-    "kernel/net/sched/sch_prio.ko",
-    "kernel/net/sched/sch_ingress.ko",
-    "kernel/net/sched/cls_u32.ko",
-    "kernel/net/sched/cls_fw.ko",
-    "kernel/net/sched/cls_matchall.ko",
-    "kernel/net/sched/cls_flower.ko",
-    "kernel/net/sched/act_mirred.ko",
-    "kernel/drivers/net/ifb.ko",
-    "kernel/drivers/net/veth.ko",
-    "kernel/drivers/net/dummy.ko",
-    # IPv6 is a module in UML 6.1: without it there is no ::1 (crc-ccitt first: ipv6 needs it)
-    "kernel/lib/crc-ccitt.ko",
-    "kernel/net/ipv6/ipv6.ko",
+    "sch_plug", "sch_prio", "sch_ingress", "cls_u32", "cls_fw", "cls_matchall", "cls_flower",
+    "act_mirred", "ifb", "veth", "dummy",
+    "ipv6",  # a module in UML 6.1: without it there is no ::1
 )
 TIMEOUT_STATUS = 124  # like timeout(1)
 NOT_FOUND_STATUS = 127  # like a shell
@@ -84,7 +78,7 @@ def _guest_script(
     env: Mapping[str, str],
     cwd: str,
     workdir: str,
-    modules: Iterable[str],
+    modules: List[str],
 ) -> str:
     q = shlex.quote
     status = q(os.path.join(workdir, "status"))
@@ -102,19 +96,28 @@ def _guest_script(
         "mount -t tmpfs tmpfs /run && mkdir -p /run/netns || fail 'cannot mount /run'",
         "mount -t tmpfs tmpfs /var/run 2>/dev/null",
         "mods=%s/$(uname -r)" % q(MODULE_ROOT),
+        "[ -d \"$mods\" ] || [ -z %s ] || fail \"the module tree $mods for this kernel is "
+        "missing: %s (it ships the modules beside the kernel)\""
+        % (q(" ".join(modules)), _INSTALL_HINT.format(option="--kernel").replace("`", "")),
+        # modprobe, and the kernel's own requests (tc qdisc add ... netem loads sch_netem),
+        # look in /lib/modules/$(uname -r), which the host (another kernel) lacks: the UML
+        # tree goes there, on an overlay of the nearest folder (/lib/modules, else /lib)
+        # kept in /run, so the host's filesystem is not changed.
+        "if [ -d \"$mods\" ] && [ ! -e /lib/modules/$(uname -r) ]; then",
+        "  lower=/lib/modules; [ -d $lower ] || lower=/lib",
+        "  grep -qw overlay /proc/filesystems || insmod \"$mods\"/kernel/fs/overlayfs/overlay.ko",
+        "  mkdir -p /run/plugqdisc-lab/upper /run/plugqdisc-lab/work &&",
+        "  mount -t overlay plugqdisc-lab -o lowerdir=$lower,upperdir=/run/plugqdisc-lab/upper,"
+        "workdir=/run/plugqdisc-lab/work $lower &&",
+        "  mkdir -p /lib/modules && ln -s \"$mods\" /lib/modules/$(uname -r) ||"
+        " fail \"cannot make $mods the guest's /lib/modules/$(uname -r)\"",
+        "fi",
+        # The defaults when the kernel has them (a kernel of your own may build them in).
+        "modprobe -q -a %s" % " ".join(q(m) for m in MODULES),
     ]
-    modules = list(modules)
     if modules:
-        lines.append(
-            "[ -d \"$mods\" ] || fail \"the module tree $mods for this kernel is missing: "
-            "%s (it ships the modules beside the kernel)\""
-            % _INSTALL_HINT.format(option="--kernel").replace("`", "")
-        )
-    for m in modules:
-        lines.append(
-            "[ ! -f \"$mods\"/%s ] || insmod \"$mods\"/%s 2>/dev/ttyS1 || fail 'insmod %s failed'"
-            % (q(m), q(m), m.replace("'", ""))
-        )
+        lines.append("modprobe -a %s 2>/dev/ttyS1 || fail 'could not load the modules asked "
+                     "for: %s'" % (" ".join(q(m) for m in modules), " ".join(modules)))
     lines += [
         "ip link set lo up || fail 'cannot bring lo up'",
         "cd -- %s || fail 'cannot enter the working directory %s'" % (q(cwd), q(cwd).replace("'", "")),
@@ -200,6 +203,24 @@ def find_kernel(kernel: Optional[str] = None, *, option: str = "--kernel") -> st
     return path
 
 
+def parse_modules(modules: Union[str, Iterable[str]]) -> List[str]:
+    """Module names from a list, each of which may hold several separated by commas
+    (``["sch_netem,sch_tbf", "sch_htb"]``); :class:`ValueError` for a name that cannot
+    be one (modprobe would take it for an option or a path)."""
+    names: List[str] = []
+    for part in [modules] if isinstance(modules, str) else modules:
+        for name in part.split(","):
+            name = name.strip()
+            if not name:
+                continue
+            if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+                raise ValueError("%r is not a module name: give names as modprobe knows them, "
+                                 "such as sch_netem (comma-separated)" % name)
+            if name not in names:
+                names.append(name)
+    return names
+
+
 def _check_command(cmd: Sequence[str], env: Mapping[str, str], cwd: str) -> Optional[Tuple[int, str]]:
     """The guest sees the host's filesystem, so CMD can be looked up here, before booting."""
     name = cmd[0]
@@ -227,17 +248,24 @@ def run(
     stderr: Optional[IO[Any]] = None,
     env: Optional[Mapping[str, str]] = None,
     cwd: Union[str, "os.PathLike[str]", None] = None,
-    modules: Iterable[str] = MODULES,
+    modules: Iterable[str] = (),
+    stop: Optional[Callable[[], bool]] = None,
 ) -> "subprocess.CompletedProcess[bytes]":
     """Run CMD as root inside a User-Mode Linux kernel that has sch_plug.
 
     Returns a CompletedProcess: ``returncode`` is CMD's exit status (128+N when a
     signal N killed it, 124 on timeout, 127 when CMD does not exist, 126 when it
     cannot be run); ``stdout`` / ``stderr`` hold the bytes when ``capture_output``.
+    ``modules``: kernel modules to load before CMD runs, besides :data:`MODULES`, by
+    name as ``modprobe`` knows them (``["sch_netem", "sch_tbf"]``); their dependencies
+    come along, and CMD can ``modprobe`` any other module the lab's kernel ships.
+    ``stop``: called about five times a second while the lab runs (on this thread);
+    when it returns true the lab is stopped as on a timeout (status 124).
     Unless captured, CMD's output is streamed to ``stdout`` / ``stderr`` (default:
     this process's). Standard input inside is ``/dev/null``. ``env`` and ``cwd``
     default to the caller's. Raises :class:`LabError` when the lab itself fails
-    (kernel or module tree missing, guest died without reporting a status).
+    (kernel or module tree missing, a module in ``modules`` that would not load, guest
+    died without reporting a status).
     """
     cmd = [os.fsdecode(a) for a in cmd]
     if not cmd:
@@ -250,8 +278,8 @@ def run(
     env = dict(os.environ if env is None else env)
     cwd = os.path.abspath(os.fspath(cwd) if cwd is not None else os.getcwd())
     kernel_path = find_kernel(kernel)
-    modules = list(modules)
-    if modules and not os.path.isdir(MODULE_ROOT) and kernel is None:
+    modules = parse_modules(modules)
+    if not os.path.isdir(MODULE_ROOT) and kernel is None:
         raise LabError("the lab's module tree %s is missing: %s"
                        % (MODULE_ROOT, _INSTALL_HINT.format(option="--kernel")))
     if not capture_output:
@@ -266,14 +294,16 @@ def run(
 
     workdir = tempfile.mkdtemp(prefix="plugqdisc-lab-")
     try:
-        return _boot(cmd, env, cwd, kernel_path, mem, timeout, modules, workdir, out, err)
+        return _boot(cmd, env, cwd, kernel_path, mem, timeout, modules, workdir, out, err,
+                     stop)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _boot(cmd: List[str], env: Dict[str, str], cwd: str, kernel_path: str, mem: str,
           timeout: Optional[float], modules: List[str], workdir: str, out: _Sink,
-          err: _Sink) -> "subprocess.CompletedProcess[bytes]":
+          err: _Sink, stop: Optional[Callable[[], bool]]
+          ) -> "subprocess.CompletedProcess[bytes]":
     init = os.path.join(workdir, "init")
     with open(init, "w") as f:
         f.write(_guest_script(cmd, env, cwd, workdir, modules))
@@ -297,7 +327,7 @@ def _boot(cmd: List[str], env: Dict[str, str], cwd: str, kernel_path: str, mem: 
         )
     os.close(out_w)
     os.close(err_w)
-    timed_out = False
+    timed_out = stopped = False
     try:
         sel = selectors.DefaultSelector()
         sel.register(out_r, selectors.EVENT_READ, out)
@@ -308,7 +338,10 @@ def _boot(cmd: List[str], env: Dict[str, str], cwd: str, kernel_path: str, mem: 
             if wait == 0.0:
                 timed_out = True
                 break
-            for key, _ in sel.select(min(wait, 0.5) if wait is not None else 0.5):
+            if stop is not None and stop():
+                stopped = True
+                break
+            for key, _ in sel.select(min(wait, 0.2) if wait is not None else 0.2):
                 data = os.read(key.fd, 65536)
                 if data:
                     key.data.write(data)
@@ -326,6 +359,9 @@ def _boot(cmd: List[str], env: Dict[str, str], cwd: str, kernel_path: str, mem: 
         _kill_group(proc)
         os.close(out_r)
         os.close(err_r)
+    if stopped:
+        err.write(("plugqdisc.lab: the lab was stopped before %s finished\n" % cmd[0]).encode())
+        return subprocess.CompletedProcess(cmd, TIMEOUT_STATUS, out.value(), err.value())
     if timed_out:
         err.write(("plugqdisc.lab: %s did not finish within %s s; the lab was stopped\n"
                    % (cmd[0], timeout)).encode())
@@ -387,15 +423,24 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "python -m plugqdisc.
     parser.add_argument("--mem", metavar="SIZE", default="1G", help="guest memory (default 1G)")
     parser.add_argument("--timeout", metavar="SECONDS", type=float,
                         help="stop the lab after this long; exit status 124")
+    parser.add_argument("--modules", metavar="LIST", action="append", default=[],
+                        help="kernel modules to load before CMD, besides the defaults, by name "
+                        "and comma-separated (sch_netem,sch_tbf); CMD can also modprobe any "
+                        "module the lab's kernel ships")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]",
                         help="the command to run in the lab (after --)")
     args = parser.parse_args(argv)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         parser.error("no CMD given; for example: %s -- tc qdisc show" % prog)
+    try:
+        modules = parse_modules(args.modules)
+    except ValueError as e:
+        parser.error("--modules: %s" % e)
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return run(cmd, kernel=args.kernel, mem=args.mem, timeout=args.timeout).returncode
+        return run(cmd, kernel=args.kernel, mem=args.mem, timeout=args.timeout,
+                   modules=modules).returncode
     except LabError as e:
         print("plugqdisc.lab: %s" % e, file=sys.stderr)
         return LAB_FAILURE_STATUS

@@ -222,3 +222,85 @@ def run_as_nobody(prefix: List[str], python: str, cwd: str) -> None:
                        cwd=cwd, capture_output=True)
     assert p.returncode == 0, p.stderr
     assert p.stdout == b"0\nok\n"
+
+
+# ---- kernel modules ------------------------------------------------------------------
+
+def lsmod(done: "subprocess.CompletedProcess[bytes]") -> List[str]:
+    return [line.split()[0] for line in done.stdout.decode().splitlines()[1:] if line]
+
+
+def test_modprobe_and_the_kernel_load_any_module_the_lab_kernel_ships() -> None:
+    """modprobe finds the UML kernel's module tree (with its modules.dep), and so does
+    the kernel when tc asks for a qdisc it lacks; the host's filesystem is not changed."""
+    host_lib = sorted(os.listdir("/lib"))
+    done = lab.run(["sh", "-c", "tc qdisc add dev lo root netem delay 1ms && "
+                    "modprobe sch_tbf && modprobe nf_tables && modprobe ip_tables && lsmod"],
+                   capture_output=True)
+    assert done.returncode == 0, done.stderr
+    loaded = lsmod(done)
+    for name in ("sch_netem", "sch_tbf", "nf_tables", "nfnetlink", "ip_tables", "x_tables",
+                 "sch_plug"):
+        assert name in loaded, (name, loaded)
+    assert sorted(os.listdir("/lib")) == host_lib  # no /lib/modules made on the host
+
+
+def test_the_modules_option_preloads_and_names_a_module_that_will_not_load() -> None:
+    p = cli("--modules", "sch_tbf,sch_red", "--modules", "sch_sfq", "--", "lsmod")
+    assert p.returncode == 0, p.stderr
+    loaded = p.stdout.decode()
+    assert all(name in loaded for name in ("sch_tbf", "sch_red", "sch_sfq")), loaded
+    p = cli("--modules", "sch_tbf,no_such_module", "--", "true")
+    assert p.returncode == 125
+    assert b"could not load the modules asked for: sch_tbf no_such_module" in p.stderr
+    assert b"no_such_module not found" in p.stderr  # modprobe's own words
+    p = cli("--modules=sch_tbf,-r", "--", "true")
+    assert p.returncode == 2 and b"'-r' is not a module name" in p.stderr
+    with pytest.raises(ValueError, match="not a module name"):
+        lab.run(["true"], modules=["../sch_plug.ko"])
+
+
+PLUG_UNDER_HTB_BESIDE_NETEM = r"""
+import socket, subprocess
+from plugqdisc import PlugQdisc
+
+def sh(cmd):
+    subprocess.run(cmd, shell=True, check=True)
+
+# htb at lo's root (everything in its class 1:1), a plug as that class's qdisc; netem on a
+# dummy device beside it. tc loads sch_htb, sch_netem and dummy itself.
+sh("tc qdisc add dev lo root handle 1: htb default 1")
+sh("tc class add dev lo parent 1: classid 1:1 htb rate 1gbit")
+sh("ip link add d0 type dummy && ip link set d0 up && ip addr add 10.9.0.1/24 dev d0")
+sh("tc qdisc add dev d0 root netem delay 1ms")
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rx.bind(("127.0.0.1", 0))
+rx.settimeout(5)
+tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+with PlugQdisc("lo", parent="1:1", handle="10:") as q:
+    q.buffer()
+    for i in range(3):
+        tx.sendto(b"held%d" % i, rx.getsockname())
+    print("held", q.wait_buffered(3, timeout=5).qlen)
+    tx.sendto(b"x", ("10.9.0.2", 9))  # through netem on d0, while lo holds
+    rx.setblocking(False)
+    try:
+        rx.recv(10)
+        print("leaked")
+    except BlockingIOError:
+        pass
+    rx.setblocking(True)
+    q.release()
+    print("got", b" ".join(rx.recv(10) for _ in range(3)).decode())
+out = subprocess.run(["tc", "-s", "qdisc", "show"], capture_output=True, text=True).stdout
+print("netem on d0", any(l.startswith("qdisc netem") and "dev d0" in l for l in out.splitlines()))
+print("htb on lo", any(l.startswith("qdisc htb 1: dev lo root") for l in out.splitlines()))
+"""
+
+
+def test_a_hold_under_htb_with_netem_beside_it_holds_and_releases_traffic() -> None:
+    done = lab.run([sys.executable, "-c", PLUG_UNDER_HTB_BESIDE_NETEM], capture_output=True,
+                   cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().split("\n") == [
+        "held 3", "got held0 held1 held2", "netem on d0 True", "htb on lo True", ""]

@@ -5,12 +5,14 @@ from pytest's JUnit XML report."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import pytest
 
@@ -21,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PROJECT = '''
 import os
+import signal
 import socket
 import subprocess
 
@@ -236,13 +239,275 @@ def test_with_the_option_each_marked_test_reports_its_own_outcome_from_one_boot(
     assert len(set(ran.values())) == 1 and host_boot not in ran.values()  # one boot
 
 
+HANGS = """
+import os
+import signal
+import time
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def note(name):
+    with open(os.path.join(HERE, "ran.txt"), "a") as f:
+        f.write(name + "\\n")
+
+
+@pytest.mark.plugqdisc(netns=False)
+def test_first():
+    note("first")
+
+
+@pytest.mark.plugqdisc(netns=False)
+def test_waits_for_the_host():
+    # Ends once the host has shown test_first's outcome: the host shows each test as the
+    # lab finishes it. Were it shown only at the end, this would run into the timeout.
+    note("waits")
+    while not os.path.exists(os.path.join(HERE, "go")):
+        time.sleep(0.05)
+
+
+@pytest.mark.plugqdisc(netns=False)
+def test_hangs():
+    note("hangs")
+    time.sleep(3600)
+
+
+@pytest.mark.plugqdisc(netns=False)
+def test_after():
+    note("after")
+
+
+def test_unmarked():
+    note("unmarked")
+"""
+
+
+def count_results(xml: Path) -> Dict[str, int]:
+    """{test name: how many failure/error elements its test case has}."""
+    return {case.get("name", ""): sum(1 for c in case if c.tag in ("failure", "error"))
+            for case in ET.parse(xml).getroot().iter("testcase")}
+
+
 @needs_lab
-def test_a_lab_that_runs_out_of_time_fails_the_tests_saying_so(tmp_path: Path) -> None:
+def test_progress_shows_while_the_lab_runs_and_a_hung_test_is_named_and_fails_once(
+        tmp_path: Path) -> None:
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_user.py").write_text(textwrap.dedent(HANGS))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PLUGQDISC_") and k != "PYTEST_ADDOPTS"}
+    env["PLUGQDISC_NATIVE"] = "0"
+    p = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v",
+                          "--junitxml", str(tmp_path / "report.xml"), "--plugqdisc-lab",
+                          "--plugqdisc-lab-timeout", "10"],
+                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if "test_user.py::test_first PASSED (in the lab)" in line:
+            (tmp_path / "go").touch()  # while the lab still runs: test_waits_for_the_host
+    out = "".join(lines)
+    assert p.wait() == 1, out
+    outcomes, _ = run_pytest_results(tmp_path)
+    assert outcomes.pop("test_first") == ("passed", "")
+    assert outcomes.pop("test_waits_for_the_host") == ("passed", ""), out
+    assert outcomes.pop("test_unmarked") == ("passed", "")
+    kind, text = outcomes.pop("test_hangs")
+    assert kind == "failed", out
+    assert "this test ran longer than 10.0 s (--plugqdisc-lab-timeout)" in text
+    kind, text = outcomes.pop("test_after")
+    assert kind == "skipped"
+    assert text == ("not run: test_user.py::test_hangs had run longer than 10.0 s "
+                    "(--plugqdisc-lab-timeout)")
+    assert outcomes == {}
+    assert set(count_results(tmp_path / "report.xml").values()) == {0, 1}  # failed once
+    assert "test_user.py::test_hangs FAILED (in the lab)" in out
+    assert "1 failed, 3 passed, 1 skipped" in out
+    assert traces_list(tmp_path) == ["first", "waits", "hangs", "unmarked"]  # after: not run
+
+
+def run_pytest_results(where: Path) -> Tuple[Dict[str, Outcome], None]:
+    """The outcomes of the JUnit report a run left in ``where``."""
+    outcomes: Dict[str, Outcome] = {}
+    for case in ET.parse(where / "report.xml").getroot().iter("testcase"):
+        result: Outcome = ("passed", "")
+        for child in case:
+            if child.tag in ("failure", "error"):
+                kind = "failed" if child.tag == "failure" else "error"
+                result = (kind, (child.get("message") or "") + "\n" + (child.text or ""))
+            elif child.tag == "skipped":
+                kind = "xfailed" if child.get("type") == "pytest.xfail" else "skipped"
+                result = (kind, child.get("message") or "")
+        outcomes[case.get("name", "")] = result
+    return outcomes, None
+
+
+def traces_list(where: Path) -> List[str]:
+    path = where / "ran.txt"
+    return [line for line in path.read_text().split("\n") if line] if path.exists() else []
+
+
+@needs_lab
+def test_a_lab_that_cannot_start_the_tests_in_time_errors_each_once(tmp_path: Path) -> None:
+    """No test to blame (the lab never reached one): each marked test errors once."""
     where = project(tmp_path)
+    # The least time the lab gets to start (300 s), made short for this test.
+    (where / "conftest.py").write_text(
+        "import plugqdisc.pytest_plugin as p\np.LAB_START_TIMEOUT = 0.5\n")
     outcomes, p = run_pytest(where, "--plugqdisc-lab", "--plugqdisc-lab-timeout", "0.5",
-                             "-k", "holds or unmarked")
+                             "-k", "holds or left or unmarked")
     assert p.returncode == 1, p.stdout + p.stderr
-    assert outcomes["test_unmarked"] == ("passed", "")
-    kind, text = outcomes["test_holds"]
-    assert kind == "error"  # at setup, where the lab run is waited for
-    assert "the lab was stopped after 0.5 s (--plugqdisc-lab-timeout)" in text
+    assert outcomes.pop("test_unmarked") == ("passed", "")
+    for name in ("test_holds", "test_nothing_left_behind"):
+        kind, text = outcomes.pop(name)
+        assert kind == "error"  # at setup, where the lab run is waited for
+        assert "it had not started the marked tests after 0.5 s" in text
+    assert set(count_results(where / "report.xml").values()) == {0, 1}
+
+
+XDIST = """
+import os
+import signal
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def note(name):
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        boot = f.read().strip()
+    with open(os.path.join(HERE, "ran.txt"), "a") as f:
+        f.write("%s %s %s\\n" % (name, boot, os.environ.get("PYTEST_XDIST_WORKER", "-")))
+
+
+@pytest.mark.plugqdisc
+@pytest.mark.parametrize("n", range(6))
+def test_marked(n, plug):
+    note("marked%d" % n)
+    q = plug("lo")
+    q.buffer()
+    q.release()
+
+
+@pytest.mark.plugqdisc
+def test_netem_is_loaded():
+    note("netem")
+    with open("/proc/modules") as f:
+        assert "sch_netem " in f.read()
+
+
+@pytest.mark.plugqdisc
+def test_fails():
+    note("fails")
+    assert False, "distinctive failure"
+
+
+@pytest.mark.parametrize("n", range(2))
+def test_unmarked(n):
+    note("unmarked%d" % n)
+"""
+
+
+@needs_lab
+def test_with_xdist_each_marked_test_runs_once(tmp_path: Path) -> None:
+    pytest.importorskip("xdist", reason="pytest-xdist is in the test extra: "
+                        "pip install -e '.[test]'")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_user.py").write_text(textwrap.dedent(XDIST))
+    outcomes, p = run_pytest(tmp_path, "-n", "2", "--plugqdisc-lab",
+                             "--plugqdisc-lab-modules", "sch_netem")
+    assert p.returncode == 1, p.stdout + p.stderr
+    kind, text = outcomes.pop("test_fails")
+    assert kind == "failed" and "AssertionError: distinctive failure" in text
+    assert all(outcome == ("passed", "") for outcome in outcomes.values()), outcomes
+    assert len(outcomes) == 9
+    assert "1 failed, 9 passed" in p.stdout
+    runs = [line.split() for line in (tmp_path / "ran.txt").read_text().split("\n") if line]
+    names = sorted(name for name, _, _ in runs)
+    assert names == sorted(["marked%d" % n for n in range(6)] +
+                           ["netem", "fails", "unmarked0", "unmarked1"])  # each once
+    host = {boot for name, boot, _ in runs if name.startswith("unmarked")}
+    inside = {boot for name, boot, _ in runs if not name.startswith("unmarked")}
+    assert len(inside) == 2 and not host & inside  # a lab per worker's share: two boots
+    assert {worker for name, _, worker in runs if not name.startswith("unmarked")} == {"-"}
+    assert {worker for name, _, worker in runs if name.startswith("unmarked")} <= {"gw0", "gw1"}
+
+
+def uml_processes(under: Path) -> List[int]:
+    """UML processes of labs whose files are under ``under`` (their uml_dir=)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                if b"uml_dir=" + str(under).encode() in f.read():
+                    found.append(int(pid))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+@needs_lab
+def test_ctrl_c_stops_the_lab_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_user.py").write_text(textwrap.dedent(HANGS))
+    labs = tmp_path / "tmp"
+    labs.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PLUGQDISC_") and k != "PYTEST_ADDOPTS"}
+    env.update(PLUGQDISC_NATIVE="0", TMPDIR=str(labs))
+    # SIGINT's default restored: a shell may start us with it ignored.
+    p = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                          "--plugqdisc-lab"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        while "waits" not in traces_list(tmp_path):  # the lab runs a test that waits
+            assert p.poll() is None, p.communicate()[0]
+            time.sleep(0.1)
+        assert uml_processes(labs)
+        p.send_signal(signal.SIGINT)
+        out = p.communicate(timeout=120)[0]
+    finally:
+        p.kill()
+    assert p.returncode == 2, out  # interrupted
+    assert "KeyboardInterrupt" in out
+    assert uml_processes(labs) == [] and os.listdir(labs) == []
+
+
+CRASH = """
+import os
+
+import pytest
+
+
+@pytest.mark.plugqdisc(netns=False)
+def test_before():
+    pass
+
+
+@pytest.mark.plugqdisc(netns=False)
+def test_ends_the_lab():
+    os.system("poweroff -f")
+
+
+@pytest.mark.plugqdisc(netns=False)
+def test_later():
+    pass
+"""
+
+
+@needs_lab
+def test_a_lab_that_dies_during_a_test_fails_that_test_alone(tmp_path: Path) -> None:
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_user.py").write_text(textwrap.dedent(CRASH))
+    outcomes, p = run_pytest(tmp_path, "--plugqdisc-lab")
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert outcomes["test_before"] == ("passed", "")
+    kind, text = outcomes["test_ends_the_lab"]
+    assert kind == "failed" and "the lab failed: the lab kernel ended" in text
+    assert outcomes["test_later"] == ("skipped", "not run: the lab ended while "
+                                      "test_user.py::test_ends_the_lab ran (see its failure)")
+    assert set(count_results(tmp_path / "report.xml").values()) == {0, 1}

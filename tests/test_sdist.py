@@ -1,7 +1,8 @@
 """The source distribution, built fresh: it holds every file of the tree (so that `make
 test` runs from it), and its wheel installs in a new virtual environment and imports,
 with the licence metadata and the pytest entry point. From the unpacked sdist (a source
-tree without the built extension), `python -m plugqdisc.lab` says what to do.
+tree without the built extension), `python -m plugqdisc.lab` runs and the C core says
+what to do.
 
 Offline: the build runs in this environment (the test extra brings setuptools, pkgconfig
 and build) and the new environment gets the wheel alone, with no index."""
@@ -106,12 +107,15 @@ def test_its_wheel_installs_in_a_new_venv_and_imports(sdist: Path, tmp_path: Pat
         assert f in got["files"]
 
     # The unpacked sdist is a source tree without the built extension: from inside it,
-    # `python -m` finds that tree first, and says what to do.
+    # `python -m` finds that tree first. The lab needs no extension and runs; the C core
+    # says what to do on first use.
     with tarfile.open(sdist) as tar:
         tar.extractall(tmp_path, filter="data")
     (tree,) = tmp_path.glob("plugqdisc-*/")
-    p = run(python, "-m", "plugqdisc.lab", "--help", cwd=tree, ok=False)
-    assert p.returncode == 1
+    p = run(python, "-m", "plugqdisc.lab", "--help", cwd=tree)
+    assert "Run CMD as root" in p.stdout and not p.stderr
+    p = run(python, "-c", "import plugqdisc; plugqdisc.PlugQdisc('lo')", cwd=tree, ok=False)
+    assert p.returncode == 1 and "ImportError" in p.stderr
     assert "a source tree where its C extension is not built" in p.stderr
     assert "pip install -e ." in p.stderr and "python -P" in p.stderr
     for cmd, where in (([python, "-P"], tree), ([python], tmp_path)):  # the two fixes

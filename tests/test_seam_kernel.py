@@ -143,10 +143,15 @@ def _rmmod_plug() -> None:
 
 
 def test_a_kernel_without_sch_plug_gives_kernelsupporterror() -> None:
-    """A real kernel without the module: the lab's, with sch_plug unloaded."""
+    """A real kernel without the module: the lab's, with sch_plug unloaded and the
+    kernel's own module loading off (the lab's modprobe would load it back)."""
     ko = os.path.join(lab.MODULE_ROOT, os.uname().release, "kernel/net/sched/sch_plug.ko")
     assert os.path.exists(ko), ko
+    with open("/proc/sys/kernel/modprobe") as f:
+        modprobe = f.read()
     _rmmod_plug()
+    with open("/proc/sys/kernel/modprobe", "w") as f:
+        f.write("\n")  # empty: the kernel asks no one for a module
     try:
         e = failure(lambda: PlugQdisc("lo").attach())
         assert type(e) is KernelSupportError and e.errno == errno.ENOENT
@@ -157,6 +162,8 @@ def test_a_kernel_without_sch_plug_gives_kernelsupporterror() -> None:
         e = failure(lambda: PlugQdisc("lo", parent="1:1").attach())
         assert type(e) is ParentNotFoundError
     finally:
+        with open("/proc/sys/kernel/modprobe", "w") as f:
+            f.write(modprobe)
         subprocess.run(["insmod", ko], check=True)
     PlugQdisc("lo").attach().detach()
 
