@@ -462,6 +462,15 @@ int pq_attach(struct plug_qdisc *q, int replace)
 
 /* ---- operations ------------------------------------------------------------------------ */
 
+/* Start an operation on an attached handle. 0, -ENOTCONN before attach, or -errno. */
+static int begin_attached(struct plug_qdisc *q)
+{
+    reset_error(q);
+    if (!q->attached)
+        return fail(q, PQ_STEP_STATE, -ENOTCONN);
+    return begin(q);
+}
+
 /* Send one plug action to an attached handle. 0, -ENOTCONN before attach, or -errno. */
 static int plug_action(struct plug_qdisc *q, int action, uint32_t limit)
 {
@@ -469,10 +478,7 @@ static int plug_action(struct plug_qdisc *q, int action, uint32_t limit)
 
     if (!q)
         return -EINVAL;
-    reset_error(q);
-    if (!q->attached)
-        return fail(q, PQ_STEP_STATE, -ENOTCONN);
-    if ((err = begin(q)) < 0)
+    if ((err = begin_attached(q)) < 0)
         return err;
     err = send_plug(q, 0, action, limit);
     return err < 0 ? fail(q, PQ_STEP_CHANGE, err) : 0;
@@ -565,10 +571,7 @@ int pq_detach(struct plug_qdisc *q, int timeout_ms)
 
     if (!q)
         return -EINVAL;
-    reset_error(q);
-    if (!q->attached)
-        return fail(q, PQ_STEP_STATE, -ENOTCONN);
-    if ((err = begin(q)) < 0)
+    if ((err = begin_attached(q)) < 0)
         return err;
     err = pq_plan_run(nl_socket_get_fd(q->nl.sk), &q->plan, PQ_PH_RELEASE, timeout_ms, &r);
     if (err < 0 && r.phase == PQ_PH_RELEASE) {
