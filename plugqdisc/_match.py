@@ -8,6 +8,9 @@ import socket
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ._words import COMMAND_LINE, PYTHON, Python
+# The term kinds are the C core's (TERM_FLOWER, TERM_MARK), read when terms are made: in a
+# source tree without the built extension, the package (and the lab) still imports.
+from . import _plugqdisc
 
 #: An address or network: a str (``"10.0.0.1"``, ``"10.0.0.0/8"``, ``"::1"``) or an
 #: :mod:`ipaddress` address, network or interface (an interface stands for its network).
@@ -21,8 +24,6 @@ _FIELDS = ("proto", "src", "dst", "sport", "dport", "syn", "mark")
 _PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 _ICMP = {4: socket.IPPROTO_ICMP, 6: socket.IPPROTO_ICMPV6}
 _WITH_PORTS = (socket.IPPROTO_TCP, socket.IPPROTO_UDP, 132)  # 132: SCTP
-# Term kinds, as the C core numbers them (csrc/plug_qdisc.h).
-from ._plugqdisc import TERM_FLOWER as _FLOWER, TERM_MARK as _MARK  # noqa: E402
 Term = Tuple[Any, ...]
 
 
@@ -232,7 +233,8 @@ class Match:
         """The C core's terms for this match: one a family and protocol it covers."""
         p, s, d, sp, dp, syn, m = self._key
         if m is not None:
-            return [(_MARK, 0, -1, None, None, None, None, 0, 0, 0, 0, False, m[0], m[1])]
+            return [(_plugqdisc.TERM_MARK, 0, -1, None, None, None, None, 0, 0, 0, 0, False,
+                     m[0], m[1])]
         pinned = s or d
         out = []
         for version in ([pinned.version] if pinned else [4, 6]):
@@ -248,7 +250,7 @@ class Match:
             else:
                 protos = [int(p)]
             for ip_proto in protos:
-                out.append((_FLOWER, family, ip_proto,
+                out.append((_plugqdisc.TERM_FLOWER, family, ip_proto,
                             s.network_address.packed if s else None,
                             s.netmask.packed if s else None,
                             d.network_address.packed if d else None,
