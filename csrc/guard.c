@@ -44,6 +44,7 @@
 
 struct g_slot {
     int used, fd, armed;
+    int abandoned;               /* its handle is gone, its hold not: guarded till the end */
     uint32_t max_hold_ms, seq;
     struct pq_plan *plan;
 };
@@ -57,7 +58,7 @@ static struct {
     struct g_hold *holds;        /* its G_MAX records (mapped for it, zeroed) */
     volatile uint32_t *expired;  /* G_MAX slots shared with it: the expired seq */
     struct g_slot s[G_MAX];
-} G = { PTHREAD_MUTEX_INITIALIZER, 0, 0, -1, NULL, NULL, NULL, { { 0, 0, 0, 0, 0, NULL } } };
+} G = { PTHREAD_MUTEX_INITIALIZER, 0, 0, -1, NULL, NULL, NULL, { { 0, 0, 0, 0, 0, 0, NULL } } };
 
 static void g_drop_slot(struct g_slot *s)
 {
@@ -276,9 +277,12 @@ static int g_ensure(void)
         return 0;
     if ((err = g_start()) < 0)
         return err;
-    for (i = 0; i < G_MAX; i++)
-        if (G.s[i].used && (err = g_send_slot(i)) < 0)
+    for (i = 0; i < G_MAX; i++) {
+        if (G.s[i].used && G.s[i].fd < 0)
+            g_drop_slot(&G.s[i]);      /* abandoned: nothing left to hand it over with */
+        else if (G.s[i].used && (err = g_send_slot(i)) < 0)
             return err;
+    }
     return 0;
 }
 
@@ -300,15 +304,23 @@ int pq_guard_register(struct pq_guard_ticket *t, const struct pq_plan *plan, int
     }
     *copy = *plan;
     g_lock();
-    for (slot = 0; slot < G_MAX && G.s[slot].used; slot++)
-        ;
+    /* A hold abandoned at this very place (same plan) is this one now: take its slot. */
+    for (slot = 0; slot < G_MAX; slot++)
+        if (G.s[slot].used && G.s[slot].abandoned && G.s[slot].plan->len == plan->len &&
+            memcmp(G.s[slot].plan->buf, plan->buf, plan->len) == 0)
+            break;
+    if (slot < G_MAX)
+        g_drop_slot(&G.s[slot]);
+    else
+        for (slot = 0; slot < G_MAX && G.s[slot].used; slot++)
+            ;
     if (slot == G_MAX) {
         g_unlock();
         free(copy);
         close(fd);
         return -ENOSPC;
     }
-    G.s[slot] = (struct g_slot){ 1, fd, 0, max_hold_ms, 0, copy };
+    G.s[slot] = (struct g_slot){ 1, fd, 0, 0, max_hold_ms, 0, copy };
     err = 0;
     for (tries = 0; tries < 2; tries++) {
         if (!G.pid) {
@@ -330,6 +342,23 @@ int pq_guard_register(struct pq_guard_ticket *t, const struct pq_plan *plan, int
     t->seq = 0;
     t->max_hold_ms = max_hold_ms;
     return 0;
+}
+
+int pq_guard_update(struct pq_guard_ticket *t, const struct pq_plan *plan)
+{
+    int err;
+
+    if (!pq_guard_registered(t))
+        return -ENOENT;
+    g_lock();
+    *G.s[t->slot].plan = *plan;
+    err = G.pid ? g_send_slot(t->slot) : -EPIPE;
+    if (gone(err)) {
+        g_reap();                      /* it died: a new one gets every hold, this one too */
+        err = g_ensure();
+    }
+    g_unlock();
+    return err;
 }
 
 int pq_guard_registered(const struct pq_guard_ticket *t)
@@ -362,6 +391,19 @@ void pq_guard_unregister(struct pq_guard_ticket *t)
     g_tell(t, G_UNREGISTER);
     g_drop_slot(&G.s[t->slot]);
     g_unlock();
+    t->slot = -1;
+}
+
+void pq_guard_abandon(struct pq_guard_ticket *t)
+{
+    if (pq_guard_registered(t)) {
+        g_lock();
+        G.s[t->slot].abandoned = 1;
+        if (G.s[t->slot].fd >= 0)
+            close(G.s[t->slot].fd);
+        G.s[t->slot].fd = -1;
+        g_unlock();
+    }
     t->slot = -1;
 }
 

@@ -28,8 +28,14 @@ struct pq_guard_ticket {
  * had are handed over again). 0 or -errno. */
 int pq_guard_register(struct pq_guard_ticket *t, const struct pq_plan *plan, int fd,
                       uint32_t max_hold_ms);
+/* Replace the plan of T's registered hold with PLAN (copied), as attach learns more of
+ * what it builds. 0 or -errno (-ENOENT: not registered). */
+int pq_guard_update(struct pq_guard_ticket *t, const struct pq_plan *plan);
 /* Forget T's hold (the guardian stays). */
 void pq_guard_unregister(struct pq_guard_ticket *t);
+/* T's handle goes, its hold stays: the guardian keeps it until the process exits (a later
+ * hold registered with the same plan takes its place). */
+void pq_guard_abandon(struct pq_guard_ticket *t);
 /* max_hold: T's hold starts (ARM) or ends now. */
 void pq_guard_hold(struct pq_guard_ticket *t, int arm);
 /* Whether the guardian released T's current hold because it lasted past max_hold. */

@@ -55,6 +55,7 @@ struct plug_qdisc {
     struct pq_term *terms;
     char ifb_name[IFNAMSIZ];
     struct pq_plan plan;       /* how to undo what attach built */
+    char *record;              /* the hold's record file, unlinked by the plan; NULL: none */
     /* The guardian. */
     int guard;                 /* register at attach */
     struct pq_guard_ticket ticket;
@@ -163,6 +164,24 @@ int pq_set_hold(struct plug_qdisc *q, int ingress, const struct pq_term *terms, 
     q->terms = copy;
     q->nterms = nterms;
     q->ingress = ingress ? 1 : 0;
+    return 0;
+}
+
+/* The record file of the hold the next attach makes; the plan unlinks it once all of the
+ * hold is undone. NULL: none. 0, -EISCONN, -EINVAL, -ENOMEM. */
+int pq_set_record(struct plug_qdisc *q, const char *path)
+{
+    char *copy = NULL;
+
+    if (!q || (path && (path[0] != '/' || strlen(path) >= 512)))
+        return -EINVAL;
+    reset_error(q);
+    if (q->attached)
+        return fail(q, PQ_STEP_ARGS, -EISCONN);
+    if (path && !(copy = strdup(path)))
+        return -ENOMEM;
+    free(q->record);
+    q->record = copy;
     return 0;
 }
 
@@ -311,13 +330,60 @@ static int adopt_plug(struct plug_qdisc *q)
     return err < 0 ? fail(q, PQ_STEP_CHANGE, err) : 0;
 }
 
+static enum pq_mode mode_of(const struct plug_qdisc *q)
+{
+    return q->ingress ? PQ_MODE_INGRESS : q->nterms ? PQ_MODE_MATCH : PQ_MODE_PLAIN;
+}
+
+/* Write the hold's plan from what is known of it now (an ingress hold's plug has no
+ * steps until its ifb is made) and hand it to the guardian: all of it if attach is to
+ * create what it holds with (CREATING), else its release only. Done before each object
+ * attach creates, so that a death at any point of attach is undone like a death while
+ * holding. 0 or -errno (step GUARD). */
+static int arm(struct plug_qdisc *q, int creating)
+{
+    struct pq_plan release;
+    int fd, err;
+
+    err = pq_hold_plan(&q->plan, mode_of(q), q->ifindex, q->pl_ifindex, q->pl_parent,
+                       q->handle, q->ifb_name, creating ? q->record : NULL);
+    if (err < 0)
+        return fail(q, PQ_STEP_GUARD, err);
+    if (!q->guard)
+        return 0;
+    if (!creating)
+        pq_plan_prefix(&release, &q->plan, PQ_PH_DIVERT);
+    if (pq_guard_registered(&q->ticket))
+        err = pq_guard_update(&q->ticket, creating ? &q->plan : &release);
+    else if ((err = pq_nl_raw_socket(&q->nl, &fd)) == 0)
+        err = pq_guard_register(&q->ticket, creating ? &q->plan : &release, fd,
+                                q->ticket.max_hold_ms);
+    return err < 0 ? fail(q, PQ_STEP_GUARD, err) : 0;
+}
+
+/* After a failed attach: take down what it made, with its plan (each phase, whatever
+ * fails), and stop guarding. Returns ERR, keeping its facts. */
+static int undo(struct plug_qdisc *q, int err)
+{
+    int fd = nl_socket_get_fd(q->nl.sk);
+    struct pq_plan_result r;
+
+    KEEPING_ERROR(q, {
+        (void)pq_plan_phase(fd, &q->plan, PQ_PH_RELEASE, NULL, &r);
+        (void)pq_plan_phase(fd, &q->plan, PQ_PH_DIVERT, NULL, &r);
+        (void)pq_plan_run(fd, &q->plan, PQ_PH_REMOVE, 0, &r);
+    });
+    pq_guard_unregister(&q->ticket);
+    return err;
+}
+
 /* A plain hold: make the plug at PARENT, or adopt ours, or take another qdisc's place if
  * REPLACE. *CREATED says which. 0 or -errno. */
 static int attach_plain(struct plug_qdisc *q, int replace, int *created)
 {
     struct rtnl_qdisc *qd = NULL;
     uint32_t there;
-    int err;
+    int err, adopt = 0, flags = NLM_F_CREATE | NLM_F_EXCL;
 
     err = pq_nl_get_qdisc(&q->nl, q->ifindex, q->parent, &qd);
     if (err < 0)
@@ -325,11 +391,11 @@ static int attach_plain(struct plug_qdisc *q, int replace, int *created)
     there = qd ? rtnl_tc_get_handle(TC_CAST(qd)) : 0;
     *created = 1;
     if (there == 0) {
-        err = make_plug(q, NLM_F_CREATE | NLM_F_EXCL);   /* nothing, or the default */
+        /* nothing, or the device's default: make ours */
     } else if (pq_plug_is(qd, q->handle)) {
         /* Ours from an earlier run. A second attach keeps knowing that it created it. */
+        adopt = 1;
         *created = q->attached && q->created;
-        err = adopt_plug(q);
     } else if (!replace) {
         pq_plug_note_found(&q->e, qd);
         err = fail(q, PQ_STEP_OCCUPIED, -EEXIST);
@@ -341,33 +407,19 @@ static int attach_plain(struct plug_qdisc *q, int replace, int *created)
         if (err < 0) {
             pq_plug_note_found(&q->e, qd);
             err = fail(q, PQ_STEP_REMOVE_OTHER, err);
-        } else {
-            err = make_plug(q, NLM_F_CREATE | NLM_F_EXCL);
         }
     } else {
-        err = make_plug(q, NLM_F_CREATE | NLM_F_REPLACE);
+        flags = NLM_F_CREATE | NLM_F_REPLACE;
     }
     if (qd)
         rtnl_qdisc_put(qd);
-    return err;
-}
-
-static enum pq_mode mode_of(const struct plug_qdisc *q)
-{
-    return q->ingress ? PQ_MODE_INGRESS : q->nterms ? PQ_MODE_MATCH : PQ_MODE_PLAIN;
-}
-
-/* Remove what a failed tree attach built, with the tree's own plan, keeping the error. */
-static int undo_tree(struct plug_qdisc *q, int err)
-{
-    struct pq_plan_result r;
-    struct pq_plan p;
-    int fd = nl_socket_get_fd(q->nl.sk);
-
-    pq_plan_init(&p, q->handle);
-    if (pq_tree_plan(&p, q->ifindex, q->ingress, q->ifb_name) == 0) {
-        (void)pq_plan_phase(fd, &p, PQ_PH_DIVERT, NULL, &r);
-        (void)pq_plan_run(fd, &p, PQ_PH_REMOVE, 0, &r);
+    if (err < 0 || (q->attached ? 0 : (err = arm(q, *created))) < 0)
+        return err;
+    err = adopt ? adopt_plug(q) : make_plug(q, flags);
+    if (err < 0 && !q->attached) {
+        if (!adopt)
+            return undo(q, err);
+        pq_guard_unregister(&q->ticket);   /* what it adopted stays, as found */
     }
     return err;
 }
@@ -380,12 +432,13 @@ static int attach_tree(struct plug_qdisc *q, int replace)
 
     if (!q->ingress) {
         if ((err = pq_tree_take_place(&q->nl, q->ifindex, TC_H_ROOT, replace)) < 0 ||
-            (err = pq_tree_add_prio(&q->nl, q->ifindex)) < 0)
+            (err = arm(q, 1)) < 0)
             return err;
-        if ((err = make_plug(q, NLM_F_CREATE | NLM_F_EXCL)) < 0 ||
+        if ((err = pq_tree_add_prio(&q->nl, q->ifindex)) < 0 ||
+            (err = make_plug(q, NLM_F_CREATE | NLM_F_EXCL)) < 0 ||
             (err = pq_tree_add_filters(&q->nl, q->ifindex, PQ_TREE_HANDLE, q->terms,
                                        q->nterms, PQ_TREE_PLUG_CLASS, 0)) < 0)
-            return undo_tree(q, err);
+            return undo(q, err);
         return 0;
     }
     if ((err = pq_tree_take_place(&q->nl, q->ifindex, TC_H_INGRESS, replace)) < 0)
@@ -394,35 +447,21 @@ static int attach_tree(struct plug_qdisc *q, int replace)
      * qdiscs, purging what they hold uncounted: refuse while the egress holds packets. */
     if ((err = pq_tree_egress_held(&q->nl, q->ifindex)) != 0)
         return err < 0 ? fail(q, PQ_STEP_INSPECT, err) : fail(q, PQ_STEP_INGRESS, -EBUSY);
-    if ((err = pq_tree_make_ifb(&q->nl, q->ifb_name, replace, &q->pl_ifindex)) < 0)
+    q->pl_ifindex = 0;                 /* no ifb yet: the plan has no plug steps */
+    if ((err = arm(q, 1)) < 0)
         return err;
-    if ((err = make_plug(q, NLM_F_CREATE | NLM_F_EXCL)) < 0 ||
+    if ((err = pq_tree_make_ifb(&q->nl, q->ifb_name, replace, &q->pl_ifindex)) < 0 ||
+        (err = arm(q, 1)) < 0 ||       /* now with the plug on the ifb */
+        (err = make_plug(q, NLM_F_CREATE | NLM_F_EXCL)) < 0 ||
         (err = pq_tree_add_ingress(&q->nl, q->ifindex)) < 0 ||
         (err = pq_tree_add_filters(&q->nl, q->ifindex, PQ_INGRESS_HANDLE, q->terms, q->nterms,
                                    0, q->pl_ifindex)) < 0)
-        return undo_tree(q, err);
+        return undo(q, err);
     return 0;
 }
 
-/* Hand the hold to the guardian: the whole plan if we created what it holds with, else
- * only its release. 0 or -errno (step GUARD). */
-static int guard_hold(struct plug_qdisc *q)
-{
-    struct pq_plan release;
-    int fd, err;
-
-    if (!q->guard || pq_guard_registered(&q->ticket))
-        return 0;
-    if ((err = pq_nl_raw_socket(&q->nl, &fd)) < 0)
-        return err;
-    if (!q->created)
-        pq_plan_prefix(&release, &q->plan, PQ_PH_DIVERT);
-    err = pq_guard_register(&q->ticket, q->created ? &q->plan : &release, fd,
-                            q->ticket.max_hold_ms);
-    return err < 0 ? fail(q, PQ_STEP_GUARD, err) : 0;
-}
-
-/* Create or adopt the hold at the handle's place, then release it. 0 or -errno. */
+/* Create or adopt the hold at the handle's place, then release it. The plan (and with it
+ * the guardian) comes before the first object. 0 or -errno. */
 int pq_attach(struct plug_qdisc *q, int replace)
 {
     int err, created = 1;
@@ -436,24 +475,9 @@ int pq_attach(struct plug_qdisc *q, int replace)
         err = mode_of(q) == PQ_MODE_PLAIN ? attach_plain(q, replace, &created)
                                           : attach_tree(q, replace);
     if (err == 0 && !q->attached) {
-        err = pq_hold_plan(&q->plan, mode_of(q), q->ifindex, q->pl_ifindex, q->pl_parent,
-                        q->handle, q->ifb_name);
-        if (err < 0) {
-            fail(q, PQ_STEP_GUARD, err);
-            q->attached = 1;           /* so that detach takes down what was built */
-            KEEPING_ERROR(q, if (created) (void)pq_detach(q, 1000));
-            q->attached = 0;
-        }
-    }
-    if (err == 0 && !q->attached) {
         q->created = created;
         q->is_buffering = 0;
         q->attached = 1;
-    }
-    if (err == 0 && (err = guard_hold(q)) < 0) {
-        /* Unguarded is not what was asked for: undo the attach. */
-        KEEPING_ERROR(q, if (q->created) (void)pq_detach(q, 1000));
-        q->attached = 0;
     }
     q->e.attach_err = q->e.err;
     q->e.attach_step = q->e.step;
@@ -602,13 +626,18 @@ int pq_hold_expired(const struct plug_qdisc *q)
     return q ? pq_guard_expired(&q->ticket) : 0;
 }
 
-/* Free the handle, its socket and its namespace fd; the qdisc stays, no longer guarded.
- * NULL is fine. */
+/* Free the handle, its socket and its namespace fd; the qdisc stays as it is, and a hold
+ * still attached stays with the guardian, which undoes it when the process dies. NULL is
+ * fine. */
 void pq_close(struct plug_qdisc *q)
 {
     if (!q)
         return;
-    pq_guard_unregister(&q->ticket);
+    if (q->attached)
+        pq_guard_abandon(&q->ticket);
+    else
+        pq_guard_unregister(&q->ticket);
+    free(q->record);
     pq_nl_close(&q->nl);
     free(q->terms);
     free(q);

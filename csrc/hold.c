@@ -18,14 +18,17 @@
 #include <netlink/route/link.h>
 
 int pq_hold_plan(struct pq_plan *p, enum pq_mode mode, int ifindex, int pl_ifindex,
-                 uint32_t pl_parent, uint32_t handle, const char *ifb)
+                 uint32_t pl_parent, uint32_t handle, const char *ifb, const char *record)
 {
-    int err;
+    int err = 0;
 
     pq_plan_init(p, handle);
-    err = pq_plug_plan(p, pl_ifindex, pl_parent, handle, mode == PQ_MODE_PLAIN);
+    if (pl_ifindex > 0)
+        err = pq_plug_plan(p, pl_ifindex, pl_parent, handle, mode == PQ_MODE_PLAIN);
     if (err == 0 && mode != PQ_MODE_PLAIN)
         err = pq_tree_plan(p, ifindex, mode == PQ_MODE_INGRESS, ifb);
+    if (err == 0 && record)
+        err = pq_plan_add_file(p, PQ_PH_FORGET, record);
     return err;
 }
 
@@ -82,7 +85,8 @@ static int remove_here(void *arg)
         pl_ifindex = rtnl_link_get_ifindex(ifb);
         rtnl_link_put(ifb);
     }
-    err = pq_hold_plan(&p, rm->mode, rm->ifindex, pl_ifindex, pl_parent, rm->handle, ifb_name);
+    err = pq_hold_plan(&p, rm->mode, rm->ifindex, pl_ifindex, pl_parent, rm->handle, ifb_name,
+                       NULL);
     fd = nl_socket_get_fd(nl.sk);
     if (err < 0)
         err = pq_fail(rm->e, PQ_STEP_UNDO, err);

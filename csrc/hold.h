@@ -12,9 +12,10 @@
 #include "plan.h"
 
 /* The plan that undoes a hold of MODE on IFINDEX whose plug is at PL_IFINDEX/PL_PARENT
- * with HANDLE (an ingress hold's ifb is IFB). 0 or -errno. */
+ * with HANDLE (an ingress hold's ifb is IFB; PL_IFINDEX 0: the ifb is not made yet, so
+ * the plan has no step for its plug), and then unlinks RECORD (NULL: none). 0 or -errno. */
 int pq_hold_plan(struct pq_plan *p, enum pq_mode mode, int ifindex, int pl_ifindex,
-                 uint32_t pl_parent, uint32_t handle, const char *ifb);
+                 uint32_t pl_parent, uint32_t handle, const char *ifb, const char *record);
 /* The step a failure ERR of a plan's PHASE is, in a handle's facts. */
 enum pq_step pq_hold_phase_step(enum pq_phase phase, int err);
 /* Copy a failed run's facts (the kernel's text, what was held, how long it waited) into E

@@ -364,16 +364,25 @@ PyDoc_STRVAR(attach_doc, "_attach($self, replace, netns_fd, /)\n--\n\n"
 "Create the plug qdisc, or adopt ours already there (pq_attach); then release it.\n"
 "netns_fd >= 0: the namespace to work in, used by the first attach only.");
 
-/* The body of attach under the lock: the namespace (first time only), then the attach. */
+/* Under the lock: the namespace (before the first connect only), then connect. */
 static int
-attach_in(struct plug_qdisc *q, int replace, int netns_fd)
+connect_in(struct plug_qdisc *q, int netns_fd)
 {
     if (netns_fd >= 0 && !pq_connected(q)) {
         int rc = pq_set_netns(q, netns_fd);
         if (rc < 0)
             return rc;
     }
-    return pq_attach(q, replace);
+    return pq_connect(q);
+}
+
+/* The body of attach under the lock: the namespace and connect, then the attach. */
+static int
+attach_in(struct plug_qdisc *q, int replace, int netns_fd)
+{
+    int rc = connect_in(q, netns_fd);
+
+    return rc < 0 ? rc : pq_attach(q, replace);
 }
 
 static PyObject *
@@ -385,6 +394,36 @@ Qdisc_attach(QdiscObject *self, PyObject *args)
     int rc;
     struct errinfo ei;
     LOCKED(self, rc, attach_in(self->q, replace, netns_fd), &ei);
+    return result(rc, &ei);
+}
+
+PyDoc_STRVAR(connect_doc, "_connect($self, netns_fd, /)\n--\n\n"
+"Take the namespace (netns_fd >= 0, first time only), open the socket and find the device\n"
+"(pq_connect); touches no qdisc.");
+static PyObject *
+Qdisc_connect(QdiscObject *self, PyObject *args)
+{
+    int netns_fd;
+    if (!PyArg_ParseTuple(args, "i:_connect", &netns_fd))
+        return NULL;
+    int rc;
+    struct errinfo ei;
+    LOCKED(self, rc, connect_in(self->q, netns_fd), &ei);
+    return result(rc, &ei);
+}
+
+PyDoc_STRVAR(set_record_doc, "_set_record($self, path, /)\n--\n\n"
+"The record file of the hold the next attach creates (None: none); the hold's plan\n"
+"unlinks it once the hold is undone (pq_set_record).");
+static PyObject *
+Qdisc_set_record(QdiscObject *self, PyObject *args)
+{
+    const char *path;
+    if (!PyArg_ParseTuple(args, "z:_set_record", &path))
+        return NULL;
+    int rc;
+    struct errinfo ei;
+    LOCKED(self, rc, pq_set_record(self->q, path), &ei);
     return result(rc, &ei);
 }
 
@@ -543,6 +582,8 @@ Qdisc_get_closed(QdiscObject *self, void *unused)
 static PyMethodDef Qdisc_methods[] = {
     {"_set_hold", (PyCFunction)Qdisc_set_hold, METH_VARARGS, set_hold_doc},
     {"_set_guard", (PyCFunction)Qdisc_set_guard, METH_VARARGS, set_guard_doc},
+    {"_connect", (PyCFunction)Qdisc_connect, METH_VARARGS, connect_doc},
+    {"_set_record", (PyCFunction)Qdisc_set_record, METH_VARARGS, set_record_doc},
     {"_attach", (PyCFunction)Qdisc_attach, METH_VARARGS, attach_doc},
     {"_buffer", (PyCFunction)Qdisc_buffer, METH_NOARGS, buffer_doc},
     {"_release_one", (PyCFunction)Qdisc_release_one, METH_NOARGS, release_one_doc},

@@ -9,6 +9,7 @@
 #include "plan.h"
 #include "sys.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <string.h>
 #include <time.h>
@@ -53,13 +54,35 @@ int pq_plan_add(struct pq_plan *p, enum pq_phase phase, unsigned flags, struct n
     return 0;
 }
 
-/* The step at OFF of P, or NULL past the end (or a step that does not fit). */
-static const struct pq_plan_step *step_at(const struct pq_plan *p, uint32_t off)
+int pq_plan_add_file(struct pq_plan *p, enum pq_phase phase, const char *path)
+{
+    size_t n = path ? strlen(path) + 1 : 0;
+    struct pq_plan_step st;
+
+    if (n < 2 || n > PQ_MSG_MAX)
+        return -EINVAL;
+    if (p->len + STEP_SIZE(n) > PQ_PLAN_MAX)
+        return -ENOSPC;
+    st.phase = (uint16_t)phase;
+    st.flags = PQ_PF_FILE;
+    st.len = (uint32_t)n;
+    memcpy(p->buf + p->len, &st, sizeof(st));
+    memcpy(p->buf + p->len + sizeof(st), path, n);
+    p->len += (uint32_t)STEP_SIZE(n);
+    return 0;
+}
+
+/* The step at OFF of P, or NULL past the end (or a step that does not fit: a message
+ * shorter than its header, a path without its NUL). */
+PQ_NO_TLS static const struct pq_plan_step *step_at(const struct pq_plan *p, uint32_t off)
 {
     const struct pq_plan_step *st = (const struct pq_plan_step *)(p->buf + off);
 
     if (off + sizeof(*st) > p->len || off + STEP_SIZE(st->len) > p->len ||
-        st->len < NLMSG_HDRLEN || st->len > PQ_MSG_MAX)
+        st->len > PQ_MSG_MAX)
+        return NULL;
+    if (st->flags & PQ_PF_FILE ? st->len < 2 || ((const char *)(st + 1))[st->len - 1] != '\0'
+                               : st->len < NLMSG_HDRLEN)
         return NULL;
     return st;
 }
@@ -267,7 +290,12 @@ PQ_NO_TLS int pq_plan_phase(int fd, const struct pq_plan *p, enum pq_phase phase
 
         if (st->phase != phase)
             continue;
-        err = exchange(fd, st + 1, st->len, phase, p->expect, held, ++seq, r);
+        if (st->flags & PQ_PF_FILE)
+            err = (int)PQ_SYS(SYS_unlinkat, AT_FDCWD, (const char *)(st + 1), 0, 0, 0, 0);
+        else
+            err = exchange(fd, st + 1, st->len, phase, p->expect, held, ++seq, r);
+        if ((st->flags & PQ_PF_FILE) && err == -ENOENT)
+            err = 0;           /* already gone: what the step wanted */
         if ((st->flags & PQ_PF_GONE_OK) &&
             (err == -ENOENT || err == -EINVAL || err == -ENODEV)) {
             r->kernel[0] = '\0';

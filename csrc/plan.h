@@ -10,7 +10,8 @@
  * Phases, in order: RELEASE the plug; DIVERT (stop sending packets to it); PROBE (what
  * it still holds; asked again until nothing, or the wait ends); REMOVE what attach made;
  * EGRESS (what the device's egress holds: the ingress qdisc is deleted only if nothing,
- * since deleting it makes the kernel purge the egress); LAST (that delete).
+ * since deleting it makes the kernel purge the egress); LAST (that delete); FORGET (unlink
+ * the hold's record, which says who made it: the record goes with the hold).
  */
 #ifndef PQ_PLAN_H
 #define PQ_PLAN_H
@@ -22,11 +23,14 @@
 
 enum pq_phase {
     PQ_PH_RELEASE, PQ_PH_DIVERT, PQ_PH_PROBE, PQ_PH_REMOVE, PQ_PH_EGRESS, PQ_PH_LAST,
-    PQ_PH_COUNT
+    PQ_PH_FORGET, PQ_PH_COUNT
 };
 
-/* Step flags. GONE_OK: "not there" (ENOENT, EINVAL, ENODEV) is what the step wanted. */
+/* Step flags. GONE_OK: "not there" (ENOENT, EINVAL, ENODEV) is what the step wanted.
+ * FILE: the step is no netlink message but a file's path to unlink (FORGET: the hold's
+ * record, once all of it is undone). */
 #define PQ_PF_GONE_OK 1u
+#define PQ_PF_FILE 2u
 
 #define PQ_PLAN_MAX 2048
 
@@ -55,6 +59,8 @@ struct pq_plan_result {
 void pq_plan_init(struct pq_plan *p, uint32_t expect);
 /* Append MSG (freed; NULL means out of memory) as a step of PHASE. 0, -ENOMEM, -ENOSPC. */
 int pq_plan_add(struct pq_plan *p, enum pq_phase phase, unsigned flags, struct nl_msg *msg);
+/* Append the path PATH (NUL-terminated) as a FILE step of PHASE. 0 or -ENOSPC, -EINVAL. */
+int pq_plan_add_file(struct pq_plan *p, enum pq_phase phase, const char *path);
 /* Whether P has a step in PHASE. */
 int pq_plan_has(const struct pq_plan *p, enum pq_phase phase);
 /* Copy of SRC with only the phases before UPTO (a release-only plan: UPTO = DIVERT). */

@@ -136,8 +136,9 @@ int pq_plug_plan(struct pq_plan *p, int ifindex, uint32_t parent, uint32_t handl
 {
     int err = pq_plan_add(p, PQ_PH_RELEASE, 0, release_msg(ifindex, parent, handle));
 
+    /* A plug not there (never made, or gone) holds nothing: the plan goes on. */
     if (err == 0)
-        err = pq_plan_add(p, PQ_PH_PROBE, 0,
+        err = pq_plan_add(p, PQ_PH_PROBE, PQ_PF_GONE_OK,
                           pq_tc_msg(RTM_GETQDISC, NLM_F_ECHO, ifindex, parent, 0, 0, NULL));
     if (err == 0 && remove)
         err = pq_plan_add(p, PQ_PH_REMOVE, 0,

@@ -147,6 +147,10 @@ int pq_set_hold(struct plug_qdisc *q, int ingress, const struct pq_term *terms, 
  * > 0: the guardian also releases a hold (buffer to release) that lasts longer, even
  * while this process is stopped. Before the first attach: -EISCONN after. 0 or -EINVAL. */
 int pq_set_guard(struct plug_qdisc *q, int on, uint32_t max_hold_ms);
+/* The record file (an absolute path; NULL: none) of the hold the next attach creates:
+ * the hold's plan unlinks it once the hold is undone (detach, the guardian, a failed
+ * attach). Before attach: -EISCONN after. 0 or -EINVAL, -ENOMEM. */
+int pq_set_record(struct plug_qdisc *q, const char *path);
 /* 1 if the guardian released the current hold because it passed max_hold. */
 int pq_hold_expired(const struct plug_qdisc *q);
 /* This process's guardian, 0 if none is running. */
@@ -170,7 +174,9 @@ int pq_get_stats(struct plug_qdisc *q, struct pq_stats *st);
 /* Release, wait up to TIMEOUT_MS for the backlog to drain, then delete the qdisc.
  * -ETIMEDOUT (qdisc left in place, passing traffic) if it did not drain: nothing is dropped. */
 int pq_detach(struct plug_qdisc *q, int timeout_ms);
-/* Free the handle and its socket; the qdisc is left as it is. NULL is fine. */
+/* Free the handle and its socket; the qdisc is left as it is, and a hold still attached
+ * stays registered with the guardian, which undoes it when the process dies. NULL is
+ * fine. */
 void pq_close(struct plug_qdisc *q);
 
 /* What the handle knows (what it last sent; the kernel reports no plug state). */

@@ -303,7 +303,7 @@ int pq_tree_plan(struct pq_plan *p, int ifindex, int ingress, const char *ifb_na
     err = pq_plan_add(p, PQ_PH_DIVERT, PQ_PF_GONE_OK,
                       pq_tc_msg(RTM_DELTFILTER, 0, ifindex, at, 0, 0, NULL));
     if (err == 0 && ingress)
-        err = pq_plan_add(p, PQ_PH_PROBE, 0, pq_link_msg(RTM_GETLINK, 0, ifb_name));
+        err = pq_plan_add(p, PQ_PH_PROBE, PQ_PF_GONE_OK, pq_link_msg(RTM_GETLINK, 0, ifb_name));
     if (err == 0 && !ingress)
         err = pq_plan_add(p, PQ_PH_REMOVE, PQ_PF_GONE_OK,
                           pq_tc_msg(RTM_DELQDISC, 0, ifindex, TC_H_ROOT, PQ_TREE_HANDLE, 0,

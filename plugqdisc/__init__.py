@@ -259,15 +259,28 @@ class PlugQdisc(_plugqdisc.Qdisc):
         there) and let traffic pass. A qdisc of another kind at that place raises
         PlugQdiscError (EEXIST) unless ``replace=True``. Returns self."""
         fd, own = self._netns_fd()
+        fresh = None
         try:
-            self._attach(bool(replace), fd)
+            try:
+                self._connect(fd)
+            finally:
+                if own:
+                    os.close(fd)
+            if not self.attached and self._record is None:
+                # The record comes before anything is created, and the C core's plan
+                # unlinks it when the hold is undone (detach, the guardian, cleanup).
+                fresh = self._record = _cli_records.record(self)
+                self._set_record(fresh)
+            self._attach(bool(replace), -1)
         except OSError as e:
+            if fresh is not None:
+                _cli_records.forget(fresh)
+                self._record = None
             raise self._failed(e, "attach") from None
-        finally:
-            if own:
-                os.close(fd)
+        if fresh is not None and not self.created:
+            _cli_records.forget(fresh)  # adopted: not ours to record
+            self._record = None
         _guard.track(self)
-        self._record = _cli_records.record(self)
         return self
 
     def buffer(self) -> None:
@@ -343,7 +356,7 @@ class PlugQdisc(_plugqdisc.Qdisc):
             self._detach(ms)
         except OSError as e:
             raise self._failed(e, "detach") from None
-        _cli_records.forget(self._record)
+        self._record = None  # the hold's plan unlinked it
 
     def close(self) -> None:
         """Free the socket (the qdisc stays as it is). Idempotent."""

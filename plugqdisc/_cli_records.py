@@ -127,10 +127,11 @@ def netns_id(netns: Any) -> str:
 
 
 def record(q: Any) -> Optional[str]:
-    """After Q's attach: write its record if it created what it holds with. The record's
-    path, or None (adopted, or nowhere to write)."""
+    """Before Q's attach (Q connected): write the record of the hold it is about to make.
+    The record's path, or None (nowhere to write). The caller forgets it if the attach
+    fails or adopts what is there; the C core's plan unlinks it with the hold."""
     global _me, _unwritable
-    if not q.created or _unwritable:
+    if _unwritable:
         return None
     try:
         if _me is None:
