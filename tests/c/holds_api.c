@@ -134,6 +134,7 @@ static void drain_rx(void)
         ;
 }
 
+/* Milliseconds on the monotonic clock. */
 static long now_ms(void)
 {
     struct timespec ts;
@@ -637,6 +638,8 @@ int main(void)
     lo = (int)if_nametoindex("lo");
     capture("tc qdisc show dev lo", baseline, sizeof(baseline));
     check(ours_now() == 0, "the namespace starts with no plug, prio, ingress or ifb");
+    check(pq_guardian_pid() == 0, "no guardian before the first guarded attach (%d)",
+          pq_guardian_pid());
     printf("-- selective\n");
     test_selective();
     drain_rx();
