@@ -411,8 +411,8 @@ void pq_guard_hold(struct pq_guard_ticket *t, int arm)
 {
     if (!t->max_hold_ms || !pq_guard_registered(t))
         return;
-    if (arm)
-        t->seq++;
+    if (arm && ++t->seq == 0)
+        t->seq = 1;              /* 0 means no hold started yet: see pq_guard_expired */
     g_lock();
     G.s[t->slot].armed = arm;
     G.s[t->slot].seq = t->seq;
@@ -422,7 +422,8 @@ void pq_guard_hold(struct pq_guard_ticket *t, int arm)
 
 int pq_guard_expired(const struct pq_guard_ticket *t)
 {
-    return t->max_hold_ms && pq_guard_registered(t) && G.expired &&
+    /* seq 0: no hold started since registering, and the slot's expired seq is 0 too */
+    return t->max_hold_ms && t->seq != 0 && pq_guard_registered(t) && G.expired &&
            G.expired[t->slot] == t->seq;
 }
 

@@ -232,7 +232,13 @@ def test_c_handle_api() -> None:
     assert "ok:" in out and "PASSED" in out, out
 
 
-@pytest.mark.parametrize("name", ["haproxy_compat", "handle_api"])
+def test_c_holds_api() -> None:
+    """Selective and ingress holds, the guardian, pq_dump and pq_remove_hold from C."""
+    out = run_c_test("holds_api")
+    assert "ok:" in out and "PASSED" in out, out
+
+
+@pytest.mark.parametrize("name", ["haproxy_compat", "handle_api", "holds_api"])
 def test_c_tests_under_valgrind(name: str) -> None:
     """No invalid read or write, no use of uninitialised memory, no definite leak in the C
     core (valgrind runs inside UML; AddressSanitizer cannot: its shadow memory does not fit

@@ -154,6 +154,7 @@ def test_max_hold_releases_a_stopped_holder_and_the_holder_learns_of_it() -> Non
 
     def holder(w: int) -> None:
         q = PlugQdisc("lo", max_hold=0.3).attach()
+        report(w, buffering=q.is_buffering, expired=q.expired)  # nothing held yet
         q.buffer()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
             tx.sendto(b"held", rx.getsockname())
@@ -167,17 +168,24 @@ def test_max_hold_releases_a_stopped_holder_and_the_holder_learns_of_it() -> Non
         q.detach()
 
     pid, r = fork_child(holder)
-    assert json.loads(r.readline()) == {"buffering": True, "expired": False}
-    t0 = time.monotonic()
-    assert recv_n(rx, 1, timeout=5) == [b"held"]
-    waited = time.monotonic() - t0
-    assert waited < 0.3 + RELEASE_BOUND, waited
-    _, status = os.waitpid(pid, os.WUNTRACED)
-    assert os.WIFSTOPPED(status)
-    os.kill(pid, signal.SIGCONT)
-    assert json.loads(r.readline()) == {"buffering": False, "expired": True}
-    assert json.loads(r.readline()) == {"buffering": True, "expired": False}
-    os.waitpid(pid, 0)
+    try:
+        assert json.loads(r.readline()) == {"buffering": False, "expired": False}
+        assert json.loads(r.readline()) == {"buffering": True, "expired": False}
+        t0 = time.monotonic()
+        assert recv_n(rx, 1, timeout=5) == [b"held"]
+        waited = time.monotonic() - t0
+        assert waited < 0.3 + RELEASE_BOUND, waited
+        _, status = os.waitpid(pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status)
+        os.kill(pid, signal.SIGCONT)
+        assert json.loads(r.readline()) == {"buffering": False, "expired": True}
+        assert json.loads(r.readline()) == {"buffering": True, "expired": False}
+        os.waitpid(pid, 0)
+        pid = 0
+    finally:
+        if pid:  # a failed check: the holder must not stay stopped, holding
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
     rx.close()
 
 
