@@ -626,14 +626,15 @@ int pq_hold_expired(const struct plug_qdisc *q)
     return q ? pq_guard_expired(&q->ticket) : 0;
 }
 
-/* Free the handle, its socket and its namespace fd; the qdisc stays as it is, and a hold
- * still attached stays with the guardian, which undoes it when the process dies. NULL is
- * fine. */
+/* Free the handle, its socket and its namespace fd; the qdisc stays as it is. A hold that
+ * still holds stays with the guardian, which undoes it when the process dies (its
+ * namespace lives on until then: the guardian's socket is in it); one that lets traffic
+ * pass is no longer guarded. NULL is fine. */
 void pq_close(struct plug_qdisc *q)
 {
     if (!q)
         return;
-    if (q->attached)
+    if (q->attached && pq_is_buffering(q))
         pq_guard_abandon(&q->ticket);
     else
         pq_guard_unregister(&q->ticket);

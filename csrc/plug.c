@@ -140,8 +140,9 @@ int pq_plug_plan(struct pq_plan *p, int ifindex, uint32_t parent, uint32_t handl
     if (err == 0)
         err = pq_plan_add(p, PQ_PH_PROBE, PQ_PF_GONE_OK,
                           pq_tc_msg(RTM_GETQDISC, NLM_F_ECHO, ifindex, parent, 0, 0, NULL));
+    /* Not there (never made, or gone): what the step wants. */
     if (err == 0 && remove)
-        err = pq_plan_add(p, PQ_PH_REMOVE, 0,
+        err = pq_plan_add(p, PQ_PH_REMOVE, PQ_PF_GONE_OK,
                           pq_tc_msg(RTM_DELQDISC, 0, ifindex, parent, handle, 0, "plug"));
     return err;
 }

@@ -174,9 +174,9 @@ int pq_get_stats(struct plug_qdisc *q, struct pq_stats *st);
 /* Release, wait up to TIMEOUT_MS for the backlog to drain, then delete the qdisc.
  * -ETIMEDOUT (qdisc left in place, passing traffic) if it did not drain: nothing is dropped. */
 int pq_detach(struct plug_qdisc *q, int timeout_ms);
-/* Free the handle and its socket; the qdisc is left as it is, and a hold still attached
- * stays registered with the guardian, which undoes it when the process dies. NULL is
- * fine. */
+/* Free the handle and its socket; the qdisc is left as it is. A hold that still holds
+ * (buffering) stays registered with the guardian, which undoes it when the process dies;
+ * one that lets traffic pass is no longer guarded. NULL is fine. */
 void pq_close(struct plug_qdisc *q);
 
 /* What the handle knows (what it last sent; the kernel reports no plug state). */

@@ -130,44 +130,6 @@ def test_the_haproxy_api_reports_through_the_same_words() -> None:
     assert_names(e, "plug_buffer", "not attached, because attach() failed")
 
 
-def _rmmod_plug() -> None:
-    """Unload sch_plug (namespaces of earlier tests may still be going away)."""
-    deadline = time.monotonic() + 10
-    while True:
-        p = subprocess.run(["rmmod", "sch_plug"], capture_output=True, text=True)
-        if p.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail("cannot unload sch_plug to test a kernel without it: %s" % p.stderr)
-        time.sleep(0.2)
-
-
-def test_a_kernel_without_sch_plug_gives_kernelsupporterror() -> None:
-    """A real kernel without the module: the lab's, with sch_plug unloaded and the
-    kernel's own module loading off (the lab's modprobe would load it back)."""
-    ko = os.path.join(lab.MODULE_ROOT, os.uname().release, "kernel/net/sched/sch_plug.ko")
-    assert os.path.exists(ko), ko
-    with open("/proc/sys/kernel/modprobe") as f:
-        modprobe = f.read()
-    _rmmod_plug()
-    with open("/proc/sys/kernel/modprobe", "w") as f:
-        f.write("\n")  # empty: the kernel asks no one for a module
-    try:
-        e = failure(lambda: PlugQdisc("lo").attach())
-        assert type(e) is KernelSupportError and e.errno == errno.ENOENT
-        assert e.step == "create"
-        assert_names(e, "attach on 'lo'", "creating the plug qdisc", "sch_plug",
-                     "CONFIG_NET_SCH_PLUG", "plugqdisc.lab", "[kernel: ")
-        # a missing parent is still told apart on such a kernel
-        e = failure(lambda: PlugQdisc("lo", parent="1:1").attach())
-        assert type(e) is ParentNotFoundError
-    finally:
-        with open("/proc/sys/kernel/modprobe", "w") as f:
-            f.write(modprobe)
-        subprocess.run(["insmod", ko], check=True)
-    PlugQdisc("lo").attach().detach()
-
-
 # ---- two syscalls per operation -------------------------------------------------------
 
 COUNT_SCRIPT = r"""
