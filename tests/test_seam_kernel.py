@@ -10,16 +10,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Callable, Dict
 
 import pytest
 
 import plugqdisc
 from nettools import sh
-from plugqdisc import (DeviceNotFoundError, KernelSupportError, ParentNotFoundError,
-                       PlugQdisc, PlugQdiscError)
-from plugqdisc import lab
+from plugqdisc import DeviceNotFoundError, ParentNotFoundError, PlugQdisc, PlugQdiscError
 
 pytestmark = pytest.mark.plugqdisc
 
