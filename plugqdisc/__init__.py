@@ -30,18 +30,17 @@ from __future__ import annotations
 
 __version__ = "0.1.0"  # the one place: pyproject.toml reads it (setuptools attr)
 
-import contextlib
 import errno as _errno
 import os
 import time
-from typing import Iterator, List, NamedTuple, Optional, Sequence, Union
+from typing import List, NamedTuple, Optional, Sequence, Union
 
 try:
     from . import _plugqdisc
 except ImportError as e:  # a source tree without it: the lab runs, the C core says what to do
     from ._extension import unbuilt
     _plugqdisc = unbuilt(e)
-from . import _cli_records, _guard
+from . import _cli_records, _guard, _signals
 from ._match import Address, Match, Ports, terms_of
 from ._words import PYTHON, Python
 from ._errors import (DeviceNotFoundError, KernelSupportError, ParentNotFoundError,
@@ -375,20 +374,36 @@ class PlugQdisc(_plugqdisc.Qdisc):
             raise
 
     def __exit__(self, typ: object, exc: Optional[BaseException], tb: object) -> None:
-        _finish_after(self, exc)
+        try:
+            _finish_after(self, exc)
+        except BaseException as cut:
+            if self.closed:
+                raise
+            # A signal handler raised before the cleanup could defer it: clean up now,
+            # with its exception as the block's, then let that propagate.
+            _finish_after(self, cut)
+            raise
 
     def _finish(self) -> None:
         """Release; detach if we created the qdisc; close. Every step runs even if
-        an earlier one fails; the first error is raised."""
+        an earlier one fails; the first error is raised. Signal handlers wait until it
+        is done (see _signals): a handler's exception arriving between two steps would
+        otherwise skip the rest, and close() would still run, leaving the tree in place."""
+        d = _signals.Deferral()
+        own = _signals.defer(d)
         errors: List[BaseException] = []
-        if self.attached:
-            steps = [self.release] + ([self.detach] if self.created else [])
-            for step in steps:  # detach releases again, waits for the backlog, deletes
-                try:
-                    step()
-                except BaseException as e:
-                    errors.append(e)
-        self.close()
+        try:
+            if self.attached:
+                steps = [self.release] + ([self.detach] if self.created else [])
+                for step in steps:  # detach releases again, waits for the backlog, deletes
+                    try:
+                        step()
+                    except Exception as e:
+                        errors.append(e)
+            self.close()
+        finally:
+            if own:
+                _signals.resume(d)
         if errors:
             raise errors[0]
 
@@ -422,47 +437,85 @@ class PlugQdisc(_plugqdisc.Qdisc):
 
 def _finish_after(q: PlugQdisc, exc: Optional[BaseException]) -> None:
     """Clean Q up after a block that raised EXC (None: it did not). A cleanup error never
-    hides the user's exception: it is attached to it as a note, and EXC goes on."""
+    hides the user's exception: it is attached to it as a note, and EXC goes on.
+
+    Signal handlers are deferred from the first line (see _signals): a handler that
+    raises (Ctrl-C, a SIGTERM handler) runs once the hold is undone, and its exception
+    then propagates. A handler that runs before this function's first line raises from
+    the call: the callers (the two __exit__) catch it and clean up then."""
+    d = _signals.Deferral()
+    own = False
     try:
-        q._finish()
-    except BaseException as cleanup:
-        if exc is None:
-            raise
-        add_note(exc, "plugqdisc: cleaning up %r after this error also failed: %s: %s"
-                        % (q, type(cleanup).__name__, cleanup))
+        own = _signals.defer(d)
+    except BaseException as e:  # a handler ran at the call, before defer's first line
+        d.raised.append(e)
+        own = _signals.defer(d)
+    try:
+        try:
+            q._finish()
+        except Exception as cleanup:
+            if exc is None:
+                raise
+            add_note(exc, "plugqdisc: cleaning up %r after this error also failed: %s: %s"
+                     % (q, type(cleanup).__name__, cleanup))
+    finally:
+        if own:
+            _signals.resume(d)  # a deferred handler's exception propagates from here
 
 
-@contextlib.contextmanager
-def plugged(
-    device: Union[str, int] = "lo",
-    *,
-    parent: str = "root",
-    handle: str = "1:",
-    limit: Optional[int] = None,
-    netns: Netns = None,
-    replace: bool = False,
-    match: MatchArg = None,
-    direction: str = "egress",
-    guard: bool = True,
-    max_hold: Optional[float] = None,
-) -> Iterator[PlugQdisc]:
+class plugged:
     """Hold the packets leaving ``device`` (``direction="ingress"``: arriving on
     it), all of them or those ``match`` selects, for the duration of the block.
 
-    Yields the attached :class:`PlugQdisc`, holding from entry. On every way out
-    (normal, exception, KeyboardInterrupt) it releases everything in order, and
-    removes what it created: the device is left as it was found.
+    ``with plugged(...) as q:`` gives the attached :class:`PlugQdisc`, holding from
+    entry. On every way out (normal, exception, KeyboardInterrupt) it releases
+    everything in order, and removes what it created: the device is left as it was
+    found. A signal whose handler raises while the block ends is handled once it has.
+
+    A class rather than a generator: contextlib's generator wrapper runs code of its
+    own before the cleanup starts, where a handler's exception skips the cleanup.
     """
-    q = PlugQdisc(device, parent=parent, handle=handle, limit=limit, netns=netns,
-                  match=match, direction=direction, guard=guard, max_hold=max_hold)
-    try:
-        q.attach(replace=replace)
-        q.buffer()
-        yield q
-    except BaseException as exc:
-        _finish_after(q, exc)
-        raise
-    _finish_after(q, None)
+
+    def __init__(
+        self,
+        device: Union[str, int] = "lo",
+        *,
+        parent: str = "root",
+        handle: str = "1:",
+        limit: Optional[int] = None,
+        netns: Netns = None,
+        replace: bool = False,
+        match: MatchArg = None,
+        direction: str = "egress",
+        guard: bool = True,
+        max_hold: Optional[float] = None,
+    ) -> None:
+        self._replace = replace
+        self._q = PlugQdisc(device, parent=parent, handle=handle, limit=limit, netns=netns,
+                            match=match, direction=direction, guard=guard,
+                            max_hold=max_hold)
+
+    def __enter__(self) -> PlugQdisc:
+        q = self._q
+        if q.attached or q.closed:
+            raise RuntimeError("plugged(): a block can be entered once; make another "
+                               "plugged() for the next block")
+        try:
+            q.attach(replace=self._replace)
+            q.buffer()
+        except BaseException as exc:
+            _finish_after(q, exc)
+            raise
+        return q
+
+    def __exit__(self, typ: object, exc: Optional[BaseException], tb: object) -> None:
+        try:
+            _finish_after(self._q, exc)
+        except BaseException as cut:
+            if self._q.closed:
+                raise
+            _finish_after(self._q, cut)  # as PlugQdisc.__exit__
+            raise
 
 
 # ---- the HAProxy helper's API, on one process-wide default qdisc ----

@@ -19,12 +19,14 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from . import PlugQdisc, _cli_records, _plugqdisc
 from ._errors import translate
-from ._cli_records import Record
+from ._cli_records import Record, Skipped
 from ._plugqdisc import IFB_PREFIX, TREE_HANDLE, TREE_PLUG_CLASS
 from ._util import ROOT, Netns, handle_text, open_netns
 
 #: How long a released hold may take to drain before cleanup gives up on it.
 DRAIN_TIMEOUT = 5.0
+#: Where an ingress qdisc hangs (TC_H_INGRESS), and the handle it always has (ffff:).
+INGRESS, INGRESS_HANDLE = 0xFFFFFFF1, 0xFFFF0000
 
 
 class Qdisc(NamedTuple):
@@ -72,7 +74,9 @@ class Inventory:
         self.index: Dict[str, int] = {name: i for i, name, _ in links}
         self.kinds: Dict[int, str] = {i: kind for i, _, kind in links}
         self.netns_id = _cli_records.netns_id(netns)
-        self.records = _cli_records.records(self.netns_id)
+        #: Files among the records that are not records (the command line warns of each).
+        self.skipped: List[Skipped] = []
+        self.records = _cli_records.records(self.netns_id, self.skipped)
 
     def find(self, ifindex: int, kind: str, *, parent: Optional[int] = None,
              handle: Optional[int] = None) -> Optional[Qdisc]:
@@ -194,12 +198,20 @@ def remove(rec: Record, inv: Inventory) -> bool:
     else:
         ifb = inv.ifb_of(rec.ifindex)
         there = inv.find(ifb, "plug", parent=ROOT, handle=rec.handle) if ifb else None
+        # What the guardian (or a detach) leaves when the egress held: the ingress qdisc
+        # alone, its filters flushed and the ifb gone. The record says it is ours.
+        bare = None if ifb else inv.find(rec.ifindex, "ingress", parent=INGRESS,
+                                         handle=INGRESS_HANDLE)
         # Removing the ingress qdisc makes the kernel purge the device's egress queues:
         # while they hold, leave the whole hold (released) for a later cleanup.
         egress = inv.root_of(rec.ifindex)
-        if there is not None and egress is not None and egress.qlen:
-            _release_only(inv.names[ifb] if ifb else device, rec.handle, inv.netns)
+        if (there or bare) is not None and egress is not None and egress.qlen:
+            if ifb:
+                _release_only(inv.names[ifb], rec.handle, inv.netns)
             raise EgressBusy(device, egress.qlen)
+        if bare is not None:
+            _remove_ingress(device, rec.handle, inv.netns)
+            return True
     if there is None:
         return False
     fd, own = open_netns(inv.netns)
@@ -216,6 +228,23 @@ def remove(rec: Record, inv: Inventory) -> bool:
         if own:
             os.close(fd)
     return True
+
+
+def _remove_ingress(device: str, handle: int, netns: Netns) -> None:
+    """Remove the ingress qdisc an ingress hold of DEVICE left alone (no ifb, no filters).
+
+    The C core's removal (remove_hold) starts from the hold's ifb, which is gone; so the
+    hold is made again over it (replace: the empty ingress qdisc is ours, the record says
+    so) and detached, which runs the whole plan and takes the ingress qdisc with it.
+    The egress holds nothing (checked just before), so no packet is dropped, and what
+    arrives meanwhile passes (the new plug is released). Guarded, as any hold: if cleanup
+    dies between the two, its guardian removes it."""
+    q = PlugQdisc(device, direction="ingress", handle=handle_text(handle), netns=netns)
+    try:
+        q.attach(replace=True)
+        q.detach(timeout=DRAIN_TIMEOUT)
+    finally:
+        q.close()
 
 
 def _release_only(on: str, handle: int, netns: Netns) -> None:

@@ -22,6 +22,7 @@ import errno
 import json
 import os
 import socket
+import stat
 import struct
 from typing import Any, List, NamedTuple, Optional, Tuple
 
@@ -178,8 +179,82 @@ def forget(path: Optional[str]) -> None:
         pass
 
 
-def records(netns: str) -> List[Record]:
-    """The records of the namespace NETNS (a netns_id; unreadable ones are skipped)."""
+class Skipped(NamedTuple):
+    """A file among the records that is not one (the command line says so, and goes on)."""
+
+    path: str
+    why: str  #: what is wrong with it, as a fact: "a directory", "not JSON", "pid: ..."
+
+
+#: The most a record can weigh; one plugqdisc writes is about 200 bytes.
+_MAX_RECORD = 4096
+_MODES = ("plain", "match", "ingress")
+#: The fields of a record: (name, type, smallest, largest) for the numbers.
+_INTS = (("ifindex", 1, 2**31 - 1), ("parent", 0, 2**32 - 1), ("handle", 0, 2**32 - 1),
+         ("pid", 1, 2**22), ("start", 0, 2**63 - 1))
+
+
+class _Bad(Exception):
+    """Why a file is not a record."""
+
+
+def _read(path: str) -> Optional[bytes]:
+    """The bytes of the record file PATH (None: empty, being written). Raises _Bad."""
+    try:
+        # O_NONBLOCK: a FIFO in its place must not hang status; O_NOFOLLOW: nor a link.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise _Bad("cannot be read: %s" % (e.strerror or e)) from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise _Bad("a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise _Bad("not a regular file")
+        try:
+            data = os.read(fd, _MAX_RECORD + 1)
+        except OSError as e:
+            raise _Bad("cannot be read: %s" % (e.strerror or e)) from None
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_RECORD:
+        raise _Bad("larger than a record (%d bytes at most)" % _MAX_RECORD)
+    return data or None
+
+
+def _parse(path: str, data: bytes, netns: str) -> Record:
+    """The record in DATA; raises _Bad saying what is wrong."""
+    try:
+        d = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise _Bad("not text (binary data)") from None
+    except RecursionError:
+        raise _Bad("JSON nested too deeply") from None
+    except ValueError:
+        raise _Bad("not JSON") from None
+    if not isinstance(d, dict):
+        raise _Bad("JSON, but not an object")
+    for key in ("netns", "device", "mode"):
+        if not isinstance(d.get(key), str):
+            raise _Bad("%s: missing, or not a string" % key)
+    if d["mode"] not in _MODES:
+        raise _Bad("mode: %r is none of %s" % (d["mode"], ", ".join(_MODES)))
+    if d["netns"] != netns:
+        raise _Bad("netns: %r, but its name says %r" % (d["netns"], netns))
+    for key, low, high in _INTS:
+        v = d.get(key)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise _Bad("%s: missing, or not an integer (%s)" % (key, type(v).__name__))
+        if not low <= v <= high:
+            raise _Bad("%s: %d is out of range (%d to %d)" % (key, v, low, high))
+    return Record(path, d["netns"], d["ifindex"], d["device"], d["mode"], d["parent"],
+                  d["handle"], d["pid"], d["start"])
+
+
+def records(netns: str, skipped: Optional[List[Skipped]] = None) -> List[Record]:
+    """The records of the namespace NETNS (a netns_id). A file that is not a record (corrupt,
+    unreadable, a directory, ...) is left out, and added to SKIPPED if given; an empty one
+    (being written) is left out silently. Never raises for a bad file."""
     try:
         names = os.listdir(RUN_DIR)
     except OSError:
@@ -190,11 +265,11 @@ def records(netns: str) -> List[Record]:
             continue
         path = os.path.join(RUN_DIR, name)
         try:
-            with open(path) as f:
-                d = json.load(f)
-            out.append(Record(path, str(d["netns"]), int(d["ifindex"]), str(d["device"]),
-                              str(d["mode"]), int(d["parent"]), int(d["handle"]),
-                              int(d["pid"]), int(d["start"])))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # being written, or not ours to read
+            data = _read(path)
+            if data is None:
+                continue
+            out.append(_parse(path, data, netns))
+        except _Bad as e:
+            if skipped is not None:
+                skipped.append(Skipped(path, str(e)))
     return out

@@ -72,7 +72,7 @@ _STEP_WORDS: Dict[str, str] = {
     "open_socket": "opening a netlink socket",
     "find_device": "looking up the device",
     "inspect": "reading which qdisc is at {parent}",
-    "occupied": "looking at {parent}",
+    "occupied": "looking at {place}",
     "find_parent": "finding the parent {parent}",
     "create": "creating the plug qdisc",
     "adopt": "setting the limit of the plug qdisc already there",
@@ -89,6 +89,9 @@ _STEP_WORDS: Dict[str, str] = {
     "guard": "handing the hold to its guardian (the process that releases it if this one dies)",
     "dump": "listing the qdiscs and links",
 }
+
+#: The kinds of qdisc that sit at a device's ingress, and nowhere else.
+_INGRESS_KINDS = ("ingress", "clsact")
 
 # A kind of qdisc, classifier or device that a hold needs, and the module that brings it.
 _MODULES = {"prio": "sch_prio", "ingress": "sch_ingress", "flower": "cls_flower",
@@ -177,12 +180,15 @@ def _class_and_advice(code: int, step: str, e: OSError, ctx: Dict[str, str],
             "(`tc qdisc show dev %s`, `tc class show dev %s` list them), or use "
             "parent='root'" % (ctx["parent"], ctx["device"], ctx["name"], ctx["name"]))
     if code == _errno.EEXIST and step == "occupied":
+        found = ctx["found"] or "?"
+        # At ingress there is no other place to choose: the ingress hold's is fixed.
+        elsewhere = w.elsewhere if ctx["place"] != "ingress" else ""
         return PlugQdiscError, (
-            "a %s qdisc (handle %s) is already at %s of %s: %s to replace it (it is deleted, "
+            "%s %s qdisc (handle %s) is already at %s of %s: %s to replace it (it is deleted, "
             "with what it holds)%s"
-            % (ctx["found"] or "?", handle_text(getattr(e, "found_handle", 0)),
-               ctx["parent"], ctx["device"], w.replace,
-               ", or %s" % w.elsewhere if w.elsewhere else ""))
+            % ("an" if found[:1] in "aeiou" and found[:1] else "a", found,
+               handle_text(getattr(e, "found_handle", 0)), ctx["place"], ctx["device"],
+               w.replace, ", or %s" % elsewhere if elsewhere else ""))
     if code == _errno.EINVAL and step == "create":
         taken = _taken_handle(e, ctx, w, netns)
         if taken is not None:
@@ -232,6 +238,9 @@ def translate(e: OSError, action: str, where: str, *, parent: str = "root",
            "ingress": "ingress" if ingress else "",
            "name": device or "DEV", "parent": parent, "handle": handle,
            "found": str(getattr(e, "found_kind", "") or ""), "action": action}
+    # Where the qdisc in the way is: an ingress or clsact qdisc is only ever at the
+    # device's ingress (TC_H_INGRESS), whatever the plug's own parent is.
+    ctx["place"] = "ingress" if ctx["found"] in _INGRESS_KINDS else parent
     cls, advice = _class_and_advice(code, step, e, ctx, spelling, netns)
     words = _STEP_WORDS.get(step, step).format(**ctx)
     kernel = str(getattr(e, "kernel_message", "") or "")

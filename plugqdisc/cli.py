@@ -428,6 +428,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "hold":
             return _hold(subs["hold"], args, cmd)
         inv = _inventory.Inventory(args.netns)
+        for bad in inv.skipped:
+            _say("skipped %s: %s; it is not a record plugqdisc wrote (remove it)"
+                 % (bad.path, bad.why))
         if args.dev is not None and args.dev not in inv.index:
             _say("there is no network device %r%s: `ip link` lists them"
                  % (args.dev, " in netns %s" % args.netns if args.netns else ""))
