@@ -77,13 +77,19 @@ static int remove_here(void *arg)
         return err;
     snprintf(ifb_name, sizeof(ifb_name), PQ_IFB_PREFIX "%d", rm->ifindex);
     if (rm->mode == PQ_MODE_INGRESS) {
+        /* No ifb (a plan that stopped at the egress check left the ingress qdisc alone):
+         * a plan without the plug's steps removes the rest. */
         pl_parent = TC_H_ROOT;
-        if ((err = pq_nl_get_link(&nl, 0, ifb_name, &ifb)) < 0) {
+        pl_ifindex = 0;
+        err = pq_nl_get_link(&nl, 0, ifb_name, &ifb);
+        if (err < 0 && err != -ENODEV) {
             pq_nl_close(&nl);
             return pq_fail(rm->e, PQ_STEP_DEVICE, err);
         }
-        pl_ifindex = rtnl_link_get_ifindex(ifb);
-        rtnl_link_put(ifb);
+        if (err == 0) {
+            pl_ifindex = rtnl_link_get_ifindex(ifb);
+            rtnl_link_put(ifb);
+        }
     }
     err = pq_hold_plan(&p, rm->mode, rm->ifindex, pl_ifindex, pl_parent, rm->handle, ifb_name,
                        NULL);

@@ -240,7 +240,8 @@ enum pq_mode { PQ_MODE_PLAIN = 0, PQ_MODE_MATCH = 1, PQ_MODE_INGRESS = 2 };
  * HANDLE, in the namespace NETNS_FD (-1: the calling thread's), and remove it with the
  * same plan a detach runs: release, stop the diversion, wait up to TIMEOUT_MS for the
  * drain, remove (the ingress qdisc only if the device's egress holds nothing: -EBUSY
- * otherwise). 0 or -errno with the facts in E. */
+ * otherwise). An ingress hold whose ifb is gone (its ingress qdisc left alone) loses the
+ * rest. 0 or -errno with the facts in E. */
 int pq_remove_hold(int netns_fd, int ifindex, enum pq_mode mode, uint32_t parent,
                    uint32_t handle, int timeout_ms, struct pq_error *e);
 

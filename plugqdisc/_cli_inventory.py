@@ -209,9 +209,7 @@ def remove(rec: Record, inv: Inventory) -> bool:
             if ifb:
                 _release_only(inv.names[ifb], rec.handle, inv.netns)
             raise EgressBusy(device, egress.qlen)
-        if bare is not None:
-            _remove_ingress(device, rec.handle, inv.netns)
-            return True
+        there = there or bare
     if there is None:
         return False
     fd, own = open_netns(inv.netns)
@@ -228,23 +226,6 @@ def remove(rec: Record, inv: Inventory) -> bool:
         if own:
             os.close(fd)
     return True
-
-
-def _remove_ingress(device: str, handle: int, netns: Netns) -> None:
-    """Remove the ingress qdisc an ingress hold of DEVICE left alone (no ifb, no filters).
-
-    The C core's removal (remove_hold) starts from the hold's ifb, which is gone; so the
-    hold is made again over it (replace: the empty ingress qdisc is ours, the record says
-    so) and detached, which runs the whole plan and takes the ingress qdisc with it.
-    The egress holds nothing (checked just before), so no packet is dropped, and what
-    arrives meanwhile passes (the new plug is released). Guarded, as any hold: if cleanup
-    dies between the two, its guardian removes it."""
-    q = PlugQdisc(device, direction="ingress", handle=handle_text(handle), netns=netns)
-    try:
-        q.attach(replace=True)
-        q.detach(timeout=DRAIN_TIMEOUT)
-    finally:
-        q.close()
 
 
 def _release_only(on: str, handle: int, netns: Netns) -> None:
