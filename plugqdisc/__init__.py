@@ -279,6 +279,8 @@ class PlugQdisc(_plugqdisc.Qdisc):
         if fresh is not None and not self.created:
             _cli_records.forget(fresh)  # adopted: not ours to record
             self._record = None
+        elif fresh is not None:
+            _cli_records.made(fresh)
         _guard.track(self)
         return self
 

@@ -48,6 +48,9 @@ class Record(NamedTuple):
     handle: int
     pid: int
     start: int  #: the creator's start time, in clock ticks after boot
+    #: "attaching" (written before attach made anything; its guardian did not have the
+    #: hold's plan yet if the holder is gone and the record is not) or "made"
+    state: str = "made"
 
     @property
     def alive(self) -> bool:
@@ -144,7 +147,7 @@ def record(q: Any) -> Optional[str]:
         path = os.path.join(RUN_DIR, place_name(ns, q.ifindex, mode, parent, handle))
         body = json.dumps({"netns": ns, "ifindex": q.ifindex, "device": q.device,
                            "mode": mode, "parent": parent, "handle": handle,
-                           "pid": _me[0], "start": _me[1]})
+                           "pid": _me[0], "start": _me[1], "state": "attaching"})
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         except FileNotFoundError:
@@ -167,6 +170,26 @@ def record(q: Any) -> Optional[str]:
         if e.errno in _NEVER_WRITABLE:
             _unwritable = True
         return None
+
+
+def made(path: str) -> None:
+    """After the attach that wrote the record at PATH made its hold: say so (the file is
+    replaced whole, under the same name, which the hold's plan unlinks). Best effort: a
+    record left "attaching" is only ever dropped by cleanup, never acted upon."""
+    try:
+        with open(path) as f:
+            d = json.load(f)
+        d["state"] = "made"
+        # a name records() does not read (it reads ns<cookie>-...), in the same folder
+        tmp = os.path.join(os.path.dirname(path), ".new-" + os.path.basename(path))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, json.dumps(d).encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except (OSError, ValueError):
+        pass
 
 
 def forget(path: Optional[str]) -> None:
@@ -247,8 +270,11 @@ def _parse(path: str, data: bytes, netns: str) -> Record:
             raise _Bad("%s: missing, or not an integer (%s)" % (key, type(v).__name__))
         if not low <= v <= high:
             raise _Bad("%s: %d is out of range (%d to %d)" % (key, v, low, high))
+    state = d.get("state", "made")
+    if state not in ("attaching", "made"):
+        raise _Bad("state: %r is neither attaching nor made" % (state,))
     return Record(path, d["netns"], d["ifindex"], d["device"], d["mode"], d["parent"],
-                  d["handle"], d["pid"], d["start"])
+                  d["handle"], d["pid"], d["start"], state)
 
 
 def records(netns: str, skipped: Optional[List[Skipped]] = None) -> List[Record]:

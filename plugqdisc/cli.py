@@ -368,6 +368,14 @@ def _cleanup(inv: _inventory.Inventory, args: argparse.Namespace) -> int:
                   % (rec.mode, rec.device, rec.pid))
             kept += 1
             continue
+        if rec.state == "attaching":
+            # Its holder died before its guardian had the hold's plan: before attach made
+            # anything. Whatever is at that place now is someone else's.
+            _registry.forget(rec.path)
+            removed_any += 1
+            print("dropped the record of the %s hold on %s: its holder, pid %d, died before "
+                  "its attach made anything" % (rec.mode, rec.device, rec.pid))
+            continue
         try:
             fresh = _inventory.Inventory(args.netns) if rec.mode == "ingress" else inv
             removed = _inventory.remove(rec, fresh)

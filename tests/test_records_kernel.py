@@ -5,7 +5,12 @@ records off for the process."""
 from __future__ import annotations
 
 import errno
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -82,3 +87,76 @@ def test_a_full_run_costs_that_record_only(run_dir: Path) -> None:
     q.detach()
     assert my_records() == []
     q.close()
+
+
+# ---- the record goes with the hold --------------------------------------------------------
+
+@pytest.mark.parametrize("kw", [{}, {"match": "udp"}, {"direction": "ingress"}],
+                         ids=["plain", "match", "ingress"])
+def test_the_record_is_made_with_the_hold_and_goes_with_it(run_dir: Path,
+                                                           kw: dict) -> None:  # type: ignore[type-arg]
+    """Written before attach makes anything, marked made once it has; unlinked by the
+    hold's own plan: by detach, and by the guardian when the holder is SIGKILLed."""
+    from plugqdisc import Match
+    args = dict(kw, match=Match(proto="udp")) if "match" in kw else kw
+    q = PlugQdisc("lo", **args).attach()  # type: ignore[arg-type]
+    (rec,) = my_records()
+    assert (rec.pid, rec.state) == (os.getpid(), "made")
+    q.detach()
+    q.close()
+    assert my_records() == []
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a holder that holds, then dies without a word
+        try:
+            held = PlugQdisc("lo", **args).attach()  # type: ignore[arg-type]
+            held.buffer()  # kept: an object garbage-collected would release and detach
+            os.write(w, b"held")
+            signal.pause()
+        finally:
+            os._exit(1)
+    os.close(w)
+    try:
+        assert os.read(r, 10) == b"held"
+        assert len(my_records()) == 1
+    finally:
+        os.close(r)
+        os.kill(pid, signal.SIGKILL)  # also when a check failed: never left holding
+        os.waitpid(pid, 0)
+    deadline = time.monotonic() + 0.5
+    while my_records() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert my_records() == []  # the guardian undid the hold, and the record with it
+    assert "plug" not in sh("tc", "qdisc", "show")
+
+
+def test_a_record_of_an_attach_that_made_nothing_is_dropped_not_acted_on(
+        run_dir: Path) -> None:
+    """A holder that died after writing its record but before its guardian had the plan
+    made nothing: cleanup drops the record and leaves a qdisc made later at that place by
+    someone else (here tc) alone."""
+    q = PlugQdisc("lo")
+    q._connect(-1)
+    path = _cli_records.record(q)  # as attach writes it, before anything is made
+    q.close()
+    assert path is not None
+    with open(path) as f:
+        body = json.load(f)
+    body["pid"], body["start"] = 2**22 - 1, 1  # a holder that is gone
+    with open(path, "w") as f:
+        json.dump(body, f)
+    sh("tc", "qdisc", "add", "dev", "lo", "root", "handle", "1:", "plug", "limit", "10000")
+    try:
+        env = dict(os.environ)
+        p = subprocess.run([sys.executable, "-c",
+                            "import sys; from plugqdisc import _cli_records, cli; "
+                            "_cli_records.RUN_DIR = sys.argv[1]; sys.exit(cli.main(['cleanup']))",
+                            _cli_records.RUN_DIR], capture_output=True, text=True, env=env,
+                           timeout=60)
+        assert p.returncode == 0, p.stderr
+        assert "died before its attach made anything" in p.stdout, p.stdout
+        assert "plug 1:" in sh("tc", "qdisc", "show", "dev", "lo")  # tc's: left alone
+        assert not os.path.exists(path)
+    finally:
+        sh("tc", "qdisc", "del", "dev", "lo", "root")
