@@ -550,6 +550,48 @@ def sec_guard(a: argparse.Namespace) -> dict:
     return res
 
 
+# ---- 7. traffic lost while holds come and go (issue 14) --------------------------------
+
+def sec_loss(a: argparse.Namespace) -> dict:
+    """UDP at 1,000 datagrams/s on lo that no hold selects (netns.UdpStream, its processes
+    at the caller's priority, as a user's would be), during N cycles of each: plugqdisc
+    plain (attach/buffer/release/detach: the stream is held and released), plugqdisc
+    match (selecting none of it), and tc (add, change release_indefinite, del: a process
+    each). Datagrams sent and lost, per kind, in the same run."""
+    from plugqdisc import Match
+    from plugqdisc.netns import UdpStream
+
+    def tc(*args: str) -> None:
+        subprocess.run(["tc", "qdisc"] + list(args), check=True, capture_output=True)
+
+    def cycle(kind: str) -> None:
+        if kind == "tc":
+            tc("add", "dev", "lo", "root", "handle", "1:", "plug", "limit", "1000000")
+            tc("change", "dev", "lo", "root", "handle", "1:", "plug", "release_indefinite")
+            tc("del", "dev", "lo", "root")
+            return
+        q = PlugQdisc("lo", match=Match(proto="tcp", dport=9) if kind == "match" else None)
+        q.attach()
+        q.buffer()
+        q.release()
+        q.detach()
+        q.close()
+
+    res: dict = {"cycles": a.n_loss, "rate": 1000, "kinds": {}}
+    for kind in ("plain", "match", "tc"):
+        took = 0.0
+        with UdpStream(rate=1000) as stream:
+            for _ in range(a.n_loss):
+                t = time.perf_counter()
+                cycle(kind)
+                took += time.perf_counter() - t
+                time.sleep(0.01)
+        res["kinds"][kind] = {"sent": stream.sent, "lost": stream.lost,
+                              "cycle_ms": took * 1000 / a.n_loss}
+        log("loss %s: lost %d of %d" % (kind, stream.lost, stream.sent))
+    return res
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--json-out", required=True)
@@ -565,6 +607,7 @@ def main() -> int:
     p.add_argument("--udp-datagrams", type=int, required=True)
     p.add_argument("--udp-keep", type=int, required=True)
     p.add_argument("--latency-samples", type=int, required=True)
+    p.add_argument("--n-loss", type=int, required=True)
     a = p.parse_args()
 
     result: dict = {"uml_kernel": os.uname().release, "errors": {}}
@@ -578,7 +621,8 @@ def main() -> int:
     # Links last: tearing down namespaces of 1000 devices is slow kernel work we keep
     # away from the other sections.
     for name, fn in (("ops", sec_ops), ("hold", sec_hold), ("latency", sec_latency),
-                     ("modes", sec_modes), ("guard", sec_guard), ("links", sec_links)):
+                     ("modes", sec_modes), ("guard", sec_guard), ("loss", sec_loss),
+                     ("links", sec_links)):
         t = time.perf_counter()
         try:
             with NetNamespace():

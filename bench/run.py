@@ -41,7 +41,7 @@ NOTE = ("Timings are taken inside User-Mode Linux, where a syscall costs ~100 us
 COUNTS = {
     "n_fast": (500, 10), "n_pyroute2": (100, 3), "n_tc": (10, 1), "n_attach": (20, 2),
     "segments": (10000, 10000), "udp_datagrams": (1500, 150), "udp_keep": (1000, 100),
-    "latency_samples": (200, 10),
+    "latency_samples": (200, 10), "n_loss": (30, 3),
 }
 
 
@@ -203,6 +203,15 @@ def analyse(raw: dict) -> dict:
         targets.append(target("first guarded / guard=False attach+buffer+detach, fresh "
                               "process", fresh["ratio"], "<=", 2.0))
         out["guard"] = g
+    loss = raw.get("loss")
+    if loss:
+        n = loss["cycles"]
+        kinds = {k: dict(v, lost_per_cycle=v["lost"] / n) for k, v in loss["kinds"].items()}
+        out["loss"] = {"cycles": n, "rate": loss["rate"], "kinds": kinds}
+        tc_rate = kinds["tc"]["lost_per_cycle"]
+        for k in ("plain", "match"):
+            targets.append(target("datagrams lost per %s hold cycle <= per tc cycle" % k,
+                                  kinds[k]["lost_per_cycle"], "<=", tc_rate))
     out["targets"] = targets
     return out
 
@@ -312,6 +321,20 @@ def table(res: dict) -> str:
                 label, fmt(row["guarded"]["median"]), fmt(row["guarded"]["min"]),
                 fmt(row["guarded"]["max"]), fmt(row["unguarded"]["median"]),
                 fmt(row["unguarded"]["min"]), fmt(row["unguarded"]["max"]), row["ratio"]))
+    loss = res.get("loss")
+    if loss:
+        labels = {"plain": "plugqdisc, plain: attach, buffer, release, detach",
+                  "match": "plugqdisc, match selecting none of it: the same",
+                  "tc": "tc: `qdisc add ... plug`, `change ... release_indefinite`, `del`"}
+        L += ["", "**Traffic lost while holds come and go**: UDP at %d datagrams/s on lo that "
+              "no hold keeps, during %d cycles of each (10 ms apart):" % (loss["rate"],
+                                                                          loss["cycles"]),
+              "", "| cycles of | sent | lost | lost per cycle | ms per cycle |",
+              "|---|---:|---:|---:|---:|"]
+        for k, label in labels.items():
+            r = loss["kinds"][k]
+            L.append("| %s | %d | %d | %.2f | %s |" % (label, r["sent"], r["lost"],
+                                                      r["lost_per_cycle"], fmt(r["cycle_ms"])))
     L += ["", "**Targets** (ratios within this run):", "", "| target | value | bound | result |",
           "|---|---:|---:|---|"]
     for t in res["targets"]:

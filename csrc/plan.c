@@ -23,6 +23,7 @@
 #define PQ_REPLY_MS 2000        /* how long to wait for the kernel's answer to one message */
 #define PQ_MSG_MAX 1024         /* the longest message a plan holds */
 #define PQ_EGRESS_MS 200        /* packets just released are given this long to leave */
+#define PQ_SETTLE_MS 2          /* the transmit softirq is given this long before REMOVE */
 
 #define STEP_SIZE(len) (sizeof(struct pq_plan_step) + NLMSG_ALIGN(len))
 
@@ -330,6 +331,12 @@ PQ_NO_TLS int pq_plan_run(int fd, const struct pq_plan *p, enum pq_phase from, i
         int64_t deadline = now_ms() + (ph == PQ_PH_PROBE ? (timeout_ms > 0 ? timeout_ms : 0)
                                                          : PQ_EGRESS_MS);
 
+        /* The release left the root qdisc scheduled (__QDISC_STATE_SCHED) until the
+         * transmit softirq runs; a root qdisc deleted while scheduled makes
+         * dev_deactivate_many() sleep a tick (some_qdisc_is_busy) with noop_qdisc in its
+         * place, dropping whatever the device is sent meanwhile. Sleeping lets it run. */
+        if (ph == PQ_PH_REMOVE && pq_plan_has(p, PQ_PH_REMOVE))
+            sleep_ms(PQ_SETTLE_MS);
         if (ph != PQ_PH_PROBE && ph != PQ_PH_EGRESS) {
             if ((err = pq_plan_phase(fd, p, (enum pq_phase)ph, NULL, r)) < 0)
                 return failed(r, (enum pq_phase)ph, err);

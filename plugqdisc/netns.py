@@ -29,12 +29,15 @@ import errno as _errno
 import fcntl
 import functools
 import os
+import select
 import socket
 import struct
-from typing import Dict, Optional, Type
+import time
+from typing import Callable, Dict, Optional, Type
 
 __all__ = ["NetNamespace", "CLONE_NEWNET", "UDP_OVERHEAD", "SO_SNDBUFFORCE", "SO_RCVBUFFORCE",
-           "TCP_HOLD_SYSCTLS", "unshare", "setns", "link_up", "sysctl", "tcp_for_holding"]
+           "TCP_HOLD_SYSCTLS", "unshare", "setns", "link_up", "sysctl", "tcp_for_holding",
+           "UdpStream"]
 
 #: The ``unshare(2)`` / ``setns(2)`` flag for a network namespace (``<sched.h>``).
 CLONE_NEWNET = 0x40000000
@@ -199,3 +202,122 @@ class NetNamespace:
             for f in (saved, fd):
                 if f is not None:
                     os.close(f)
+
+
+class UdpStream:
+    """A steady stream of UDP datagrams over ``lo`` (127.0.0.1), counted at both ends:
+    what a change of the device's qdiscs loses of traffic that nothing holds.
+
+    ``with UdpStream(rate=1000) as s:`` starts a forked sender, numbering its datagrams
+    and paced at ``rate`` a second, and a forked receiver that counts them; leaving the
+    block (or :meth:`stop`) stops the sender, lets what is in flight arrive, and fills
+    :attr:`sent`, :attr:`received` and :attr:`lost`. Both sockets are made in the calling
+    thread's namespace. Both children run at ``nice`` (0: as the caller); at 19, a child
+    that wakes does not preempt the caller, and runs when the caller sleeps or its time
+    slice ends. Uses ``fork()``: call it from a process whose other threads hold no locks
+    the children need (plain Python's do not).
+    """
+
+    def __init__(self, rate: float = 1000.0, *, nice: int = 0, payload: int = 64) -> None:
+        if not rate > 0 or payload < 4:
+            raise ValueError("UdpStream needs a rate above 0 and a payload of 4 bytes or more")
+        self.rate, self.nice, self.payload = rate, nice, payload
+        self.sent = self.received = 0
+        self._pids: Dict[str, int] = {}
+        self._stop: Dict[str, int] = {}
+        self._out: Dict[str, int] = {}
+
+    @property
+    def lost(self) -> int:
+        """Datagrams sent and never received (after :meth:`stop`)."""
+        return self.sent - self.received
+
+    def start(self) -> "UdpStream":
+        """Start the receiver, then the sender. Returns self."""
+        if self._pids:
+            raise RuntimeError("this UdpStream is already started")
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            rx.bind(("127.0.0.1", 0))
+            try:  # past rmem_max: a receiver that is not scheduled for a while loses nothing
+                rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
+            except PermissionError:
+                pass
+            addr = rx.getsockname()
+            self._fork("receiver", lambda stop: self._receive(rx, stop))
+            self._fork("sender", lambda stop: self._send(tx, addr, stop))
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            rx.close()
+            tx.close()
+        return self
+
+    def stop(self) -> None:
+        """Stop the sender, then the receiver once nothing has arrived for 0.2 s; fill
+        :attr:`sent` and :attr:`received`. Does nothing the second time."""
+        counts = {}
+        for who in ("sender", "receiver"):
+            if who not in self._pids:
+                continue
+            os.close(self._stop.pop(who))      # end of file: stop
+            with os.fdopen(self._out.pop(who)) as f:
+                text = f.read()
+            os.waitpid(self._pids.pop(who), 0)
+            counts[who] = int(text) if text.strip() else 0
+        if counts:
+            self.sent, self.received = counts.get("sender", 0), counts.get("receiver", 0)
+
+    def __enter__(self) -> "UdpStream":
+        return self.start()
+
+    def __exit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException],
+                 tb: object) -> None:
+        self.stop()
+
+    def _fork(self, who: str, body: Callable[[int], int]) -> None:
+        stop_r, stop_w = os.pipe()
+        out_r, out_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child never returns into the caller
+            code = 0
+            try:
+                os.close(stop_w)
+                os.close(out_r)
+                if self.nice:
+                    os.nice(self.nice)
+                os.write(out_w, str(body(stop_r)).encode())
+            except BaseException:
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(stop_r)
+        os.close(out_w)
+        self._pids[who], self._stop[who], self._out[who] = pid, stop_w, out_r
+
+    def _send(self, tx: socket.socket, addr: "tuple[str, int]", stop: int) -> int:
+        pad = b"\0" * (self.payload - 4)
+        n = 0
+        t0 = time.monotonic()
+        while True:
+            tx.sendto(struct.pack("!I", n) + pad, addr)
+            n += 1
+            wait = t0 + n / self.rate - time.monotonic()
+            if select.select([stop], [], [], max(wait, 0.0))[0]:
+                return n
+
+    def _receive(self, rx: socket.socket, stop: int) -> int:
+        n = 0
+        stopping = False
+        while True:
+            ready = select.select([rx.fileno()] + ([] if stopping else [stop]), [], [],
+                                  0.2 if stopping else None)[0]
+            if not ready:
+                return n                       # stopped, and nothing for 0.2 s
+            if stop in ready:
+                stopping = True
+            if rx.fileno() in ready:
+                rx.recv(65536)
+                n += 1

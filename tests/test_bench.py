@@ -56,6 +56,10 @@ def test_bench_smoke(tmp_path):
     assert udp["drops_match"] and udp["first_kept_in_order"]
     assert set(udp["drops"]) == {udp["expected_drops"]}
 
+    loss = res["loss"]["kinds"]
+    for k in ("plain", "match", "tc"):
+        assert positive(loss[k]["sent"]) and 0 <= loss[k]["lost"] <= loss[k]["sent"], k
+
     lat = res["latency"]["release_to_readable_us"]
     assert positive(lat["median"]) and positive(lat["p99"])
     assert {t["result"] for t in res["targets"]} <= {"PASS", "MISS", "N/A"}

@@ -8,14 +8,15 @@ from __future__ import annotations
 import errno
 import socket
 import threading
+import time
 
 import pytest
 
 from nettools import (Sender, datagrams, nothing_arrives, pattern, recv_all,
                       let_tcp_fill_the_queue, recv_exactly, send_spread, sh, tcp_pair,
                       udp_pair)
-from plugqdisc import PlugQdisc, PlugQdiscError, Stats, plugged
-from plugqdisc.netns import UDP_OVERHEAD
+from plugqdisc import Match, PlugQdisc, PlugQdiscError, Stats, plugged
+from plugqdisc.netns import UDP_OVERHEAD, UdpStream
 
 pytestmark = pytest.mark.plugqdisc
 
@@ -159,6 +160,40 @@ def test_detach_while_holding_200k_of_tcp_loses_nothing() -> None:
         q.stats()
     assert e.value.errno == errno.ENOENT
     q.close()
+
+
+CYCLES = 30
+
+
+@pytest.mark.parametrize("mode", ["plain", "match"])
+def test_holds_that_come_and_go_lose_almost_nothing_of_a_steady_stream(mode: str) -> None:
+    """30 attach/buffer/release/detach cycles under UDP at 1,000 datagrams/s on lo: a plain
+    hold holds the stream (every other cycle for 5 ms) and releases it, a match hold selects
+    none of it (issue 14).
+
+    Deleting a root qdisc that a release had just scheduled made the kernel wait a tick in
+    dev_deactivate_many() with noop_qdisc in its place, and every datagram sent meanwhile
+    was dropped: hundreds here (HZ=100), and at least one a cycle at this rate whatever HZ.
+    Detach now gives the kernel's transmit softirq 2 ms to run first. Not zero: the stream
+    runs at nice 19, so that it seldom preempts the holder inside the kernel's swap of an
+    idle root qdisc (which loses a datagram now and then, `tc` alike: docs/semantics.rst),
+    but the lab shares its host, and now and then the softirq thread does not get the CPU
+    within those 2 ms, and a detach still waits a tick (about 10 datagrams). The bound,
+    fewer than one a cycle, fails every time on a detach that always waits."""
+    match = Match(proto="tcp", dport=9) if mode == "match" else None
+    with UdpStream(rate=1000, nice=19) as stream:
+        for i in range(CYCLES):
+            q = PlugQdisc("lo", match=match).attach()
+            q.buffer()
+            if i % 2:
+                time.sleep(0.005)
+            q.release()
+            q.detach()
+            q.close()
+            time.sleep(0.01)
+    assert stream.sent >= CYCLES * 10
+    assert stream.lost < CYCLES, "lost %d of %d" % (stream.lost, stream.sent)
+    assert not has_plug()
 
 
 @pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
