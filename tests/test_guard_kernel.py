@@ -457,3 +457,85 @@ def test_timeouts_take_inf_and_huge_values_as_no_limit() -> None:
     plugqdisc.plug_buffer()
     plugqdisc.release_indefinite_buffer()
     rx.close()
+
+
+# ---- a guardian that dies is replaced; close() keeps the promise ----------------------------
+
+def test_a_guardian_killed_by_hand_is_replaced_and_takes_over_every_hold() -> None:
+    """SIGKILL the guardian while a hold holds; the holder's next attach starts a new one
+    that is handed every live hold: SIGKILL the holder, and both holds are released (in
+    order, nothing lost) and removed."""
+    rx = udp_receiver()
+    before = device_state()
+
+    def holder(w: int) -> None:
+        a = PlugQdisc("lo", match=Match(proto="udp", dport=rx.getsockname()[1])).attach()
+        a.buffer()
+        first = guardian_pid()
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 5  # dead: a zombie (ours to reap) or gone
+        while time.monotonic() < deadline:
+            try:
+                with open("/proc/%d/stat" % first) as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break
+            except FileNotFoundError:
+                break
+            time.sleep(0.01)
+        b = PlugQdisc("lo", direction="ingress", handle="2:").attach()  # a new guardian
+        b.buffer()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            for i in range(3):
+                tx.sendto(b"held-%d" % i, rx.getsockname())
+        a.wait_buffered(3, timeout=5)
+        report(w, first=first, second=guardian_pid())
+        time.sleep(60)
+
+    pid, r = fork_child(holder)
+    out = json.loads(r.readline())
+    assert out.get("second", 0) > 0 and out["second"] != out["first"], out
+    rx.settimeout(QUIET)
+    with pytest.raises(socket.timeout):
+        rx.recv(100)  # held while the holder lives
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert recv_n(rx, 3) == [b"held-%d" % i for i in range(3)]
+    assert gone(out["second"])
+    deadline = time.monotonic() + RELEASE_BOUND
+    while device_state() != before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert device_state() == before
+    rx.close()
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_hold_closed_while_holding_is_still_released_when_the_holder_dies(mode: str) -> None:
+    """close() leaves the qdisc as it is, still holding; the guardian still releases it
+    (and removes what attach made) when the process dies."""
+    rx = udp_receiver()
+    before = device_state()
+
+    def holder(w: int) -> None:
+        q = PlugQdisc("lo", **MODES[mode]).attach()
+        q.buffer()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            for i in range(3):
+                tx.sendto(b"held-%d" % i, rx.getsockname())
+        q.wait_buffered(3, timeout=5)
+        q.close()
+        report(w, closed=q.closed)
+        time.sleep(60)
+
+    pid, r = fork_child(holder)
+    assert json.loads(r.readline()) == {"closed": True}
+    rx.settimeout(QUIET)
+    with pytest.raises(socket.timeout):
+        rx.recv(100)  # close() released nothing
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert recv_n(rx, 3) == [b"held-%d" % i for i in range(3)]
+    deadline = time.monotonic() + RELEASE_BOUND
+    while device_state() != before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert device_state() == before
+    rx.close()
