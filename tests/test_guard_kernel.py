@@ -40,6 +40,16 @@ def device_state() -> str:
                       sh("ip", "-o", "link", "show")])
 
 
+def settled(before: str, within: float = RELEASE_BOUND) -> bool:
+    """Whether the device state is BEFORE again within WITHIN seconds."""
+    deadline = time.monotonic() + within
+    while device_state() != before:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def gone(pid: int, within: float = 5.0) -> bool:
     """Whether PID has exited and been reaped within WITHIN seconds (a zombie is not gone:
     an orphan is reaped by init soon; a guardian whose holder lives, by the holder)."""
@@ -501,10 +511,7 @@ def test_a_guardian_killed_by_hand_is_replaced_and_takes_over_every_hold() -> No
     os.waitpid(pid, 0)
     assert recv_n(rx, 3) == [b"held-%d" % i for i in range(3)]
     assert gone(out["second"])
-    deadline = time.monotonic() + RELEASE_BOUND
-    while device_state() != before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert device_state() == before
+    assert settled(before), device_state()
     rx.close()
 
 
@@ -534,8 +541,5 @@ def test_a_hold_closed_while_holding_is_still_released_when_the_holder_dies(mode
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     assert recv_n(rx, 3) == [b"held-%d" % i for i in range(3)]
-    deadline = time.monotonic() + RELEASE_BOUND
-    while device_state() != before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert device_state() == before
+    assert settled(before), device_state()
     rx.close()

@@ -130,6 +130,11 @@ def run_pytest(where: Path, *args: str, native: str = "0"
     p = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
                         "--junitxml", str(xml), *args], cwd=where, env=env,
                        capture_output=True, text=True, timeout=600)
+    return junit_outcomes(xml), p
+
+
+def junit_outcomes(xml: Path) -> Dict[str, Outcome]:
+    """{test name: outcome} from a JUnit report."""
     outcomes: Dict[str, Outcome] = {}
     for case in ET.parse(xml).getroot().iter("testcase"):
         result: Outcome = ("passed", "")
@@ -141,7 +146,7 @@ def run_pytest(where: Path, *args: str, native: str = "0"
                 kind = "xfailed" if child.get("type") == "pytest.xfail" else "skipped"
                 result = (kind, child.get("message") or "")
         outcomes[case.get("name", "")] = result
-    return outcomes, p
+    return outcomes
 
 
 def traces(where: Path) -> Dict[str, str]:
@@ -310,7 +315,7 @@ def test_progress_shows_while_the_lab_runs_and_a_hung_test_is_named_and_fails_on
             (tmp_path / "go").touch()  # while the lab still runs: test_waits_for_the_host
     out = "".join(lines)
     assert p.wait() == 1, out
-    outcomes, _ = run_pytest_results(tmp_path)
+    outcomes = junit_outcomes(tmp_path / "report.xml")
     assert outcomes.pop("test_first") == ("passed", "")
     assert outcomes.pop("test_waits_for_the_host") == ("passed", ""), out
     assert outcomes.pop("test_unmarked") == ("passed", "")
@@ -328,20 +333,6 @@ def test_progress_shows_while_the_lab_runs_and_a_hung_test_is_named_and_fails_on
     assert traces_list(tmp_path) == ["first", "waits", "hangs", "unmarked"]  # after: not run
 
 
-def run_pytest_results(where: Path) -> Tuple[Dict[str, Outcome], None]:
-    """The outcomes of the JUnit report a run left in ``where``."""
-    outcomes: Dict[str, Outcome] = {}
-    for case in ET.parse(where / "report.xml").getroot().iter("testcase"):
-        result: Outcome = ("passed", "")
-        for child in case:
-            if child.tag in ("failure", "error"):
-                kind = "failed" if child.tag == "failure" else "error"
-                result = (kind, (child.get("message") or "") + "\n" + (child.text or ""))
-            elif child.tag == "skipped":
-                kind = "xfailed" if child.get("type") == "pytest.xfail" else "skipped"
-                result = (kind, child.get("message") or "")
-        outcomes[case.get("name", "")] = result
-    return outcomes, None
 
 
 def traces_list(where: Path) -> List[str]:

@@ -9,6 +9,7 @@
  */
 #define _GNU_SOURCE
 #include "plug_qdisc.h"
+#include "check.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -29,7 +30,6 @@
 #define H1 0x10000u
 #define H2 0x20000u
 
-static int failures;
 
 /* The step of Q's last failure, and its name and the kernel's text for the report. */
 static enum pq_step step_of(const struct plug_qdisc *q)
@@ -40,20 +40,6 @@ static enum pq_step step_of(const struct plug_qdisc *q)
 #define KTEXT(q) (pq_last_error(q)->kernel)
 static int rx = -1, tx = -1;
 static struct sockaddr_in dst;
-
-/* Print one check's outcome (with a formatted detail) and count failures. */
-static void check(int ok, const char *fmt, ...)
-{
-    va_list ap;
-
-    printf("%s: ", ok ? "ok" : "FAIL");
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    if (!ok)
-        failures++;
-}
 
 /* A bound UDP receiver on 127.0.0.1 and a sender. 0 or -1. */
 static int udp_setup(void)

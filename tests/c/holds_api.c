@@ -9,6 +9,7 @@
  */
 #define _GNU_SOURCE
 #include "plug_qdisc.h"
+#include "check.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -32,27 +33,12 @@
 #define INGRESS_PARENT 0xFFFFFFF1u   /* TC_H_INGRESS */
 #define MARK 0x42u
 
-static int failures;
 static int rx_a = -1, rx_b = -1, tx = -1, tx_mark = -1;
 static int port_a, port_b;
 static int lo = 1;
 static char baseline[4096];   /* `tc qdisc show dev lo` before any hold */
 
 static const char *mode_name[] = { "plain", "selective", "ingress" };
-
-/* Print one check's outcome (with a formatted detail) and count failures. */
-static void check(int ok, const char *fmt, ...)
-{
-    va_list ap;
-
-    printf("%s: ", ok ? "ok" : "FAIL");
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    if (!ok)
-        failures++;
-}
 
 #define STEP(q) pq_step_name(pq_last_error(q)->step)
 
