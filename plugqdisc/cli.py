@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import Match, PlugQdisc, PlugQdiscError, Stats, __version__, lab, plugged
+from . import Match, PlugQdisc, PlugQdiscError, Stats, __version__, lab
 from . import _cli_inventory as _inventory, _cli_records as _registry
 from ._errors import translate
 from ._match import from_options

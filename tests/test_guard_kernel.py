@@ -67,6 +67,14 @@ def udp_receiver() -> socket.socket:
     return rx
 
 
+def send_held(q: PlugQdisc, rx: socket.socket, n: int) -> None:
+    """Send N datagrams "held-0".. to RX and wait until Q holds them."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        for i in range(n):
+            tx.sendto(b"held-%d" % i, rx.getsockname())
+    q.wait_buffered(n, timeout=5)
+
+
 def recv_n(rx: socket.socket, n: int, timeout: float = 5.0) -> List[bytes]:
     rx.settimeout(timeout)
     return [rx.recv(100) for _ in range(n)]
@@ -85,10 +93,7 @@ def test_a_holder_that_dies_is_released_within_half_a_second(death: str, mode: s
     def holder(w: int) -> None:
         q = PlugQdisc("lo", **MODES[mode]).attach()
         q.buffer()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
-            for i in range(5):
-                tx.sendto(b"held-%d" % i, rx.getsockname())
-        q.wait_buffered(5, timeout=5)
+        send_held(q, rx, 5)
         report(w, guardian=guardian_pid())
         os.read(go_r, 1)  # dies when told
         if death == "os._exit":
@@ -494,10 +499,7 @@ def test_a_guardian_killed_by_hand_is_replaced_and_takes_over_every_hold() -> No
             time.sleep(0.01)
         b = PlugQdisc("lo", direction="ingress", handle="2:").attach()  # a new guardian
         b.buffer()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
-            for i in range(3):
-                tx.sendto(b"held-%d" % i, rx.getsockname())
-        a.wait_buffered(3, timeout=5)
+        send_held(a, rx, 3)
         report(w, first=first, second=guardian_pid())
         time.sleep(60)
 
@@ -525,10 +527,7 @@ def test_a_hold_closed_while_holding_is_still_released_when_the_holder_dies(mode
     def holder(w: int) -> None:
         q = PlugQdisc("lo", **MODES[mode]).attach()
         q.buffer()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
-            for i in range(3):
-                tx.sendto(b"held-%d" % i, rx.getsockname())
-        q.wait_buffered(3, timeout=5)
+        send_held(q, rx, 3)
         q.close()
         report(w, closed=q.closed)
         time.sleep(60)
