@@ -141,12 +141,15 @@ def ingress_left_by_a_guardian(egress: PlugQdisc) -> None:
     purge what the egress holds). Its record stays."""
     def child(w: int) -> None:
         q = PlugQdisc("lo", direction="ingress", match=Match(proto="tcp")).attach()
-        report(w, ready=q.attached)  # kept: one garbage-collected would detach
+        report(w, ready=q.attached, handle=q.handle)  # kept: one garbage-collected would
+        # detach
         time.sleep(60)
 
     pid, r = fork_child(child)
-    assert json.loads(r.readline()) == {"ready": True}
+    said = json.loads(r.readline())
+    assert said["ready"] is True
     r.close()
+    egress._ingress_handle = said["handle"]  # type: ignore[attr-defined]
     egress.buffer()
     rx, tx, addr = udp_pair()
     tx.sendto(b"held at egress", addr)
@@ -170,8 +173,9 @@ def test_cleanup_removes_the_ingress_qdisc_a_guardian_left_once_the_egress_is_em
         # While the egress holds: kept, saying why; the record stays.
         p = cli("cleanup")
         assert p.returncode == 1
-        assert ("the ingress hold on lo stays: lo's egress holds 1 packets now" in p.stderr
-                ), p.stderr
+        assert ("plugqdisc: the ingress hold on lo (plug %s, matching proto='tcp') stays: "
+                "lo's egress holds 1 packets now" % egress._ingress_handle  # type: ignore
+                in p.stderr), p.stderr
         assert "qdisc ingress ffff:" in sh("tc", "qdisc", "show", "dev", "lo")
         assert [r for r in _cli_records.records(here()) if r.mode == "ingress"]
         egress.release()
