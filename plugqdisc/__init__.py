@@ -69,9 +69,16 @@ MatchArg = Union[Match, Sequence[Match], None]
 
 #: How long detach() waits for released packets to leave before deleting, by default.
 DETACH_TIMEOUT = 5.0
-#: Selective holds one device can have at once, and ingress holds (the prio qdisc's 16
-#: bands, one of which passes what no hold selects).
-MAX_HOLDS: int = int(getattr(_plugqdisc, "MAX_HOLDS", 15))
+
+
+def __getattr__(name: str) -> int:
+    """``MAX_HOLDS``: the selective holds one device can have at once, and the ingress
+    holds (the prio qdisc's 16 bands, one of which passes what no hold selects). The C
+    core's number, read when first asked for (a source tree without the extension still
+    imports)."""
+    if name == "MAX_HOLDS":
+        return int(_plugqdisc.MAX_HOLDS)
+    raise AttributeError("module 'plugqdisc' has no attribute %r" % (name,))
 #: The longest wait the C core takes in one go (2**31-1 ms, about 24.8 days).
 _MAX_WAIT_MS = 2**31 - 1
 

@@ -245,7 +245,7 @@ def _class_and_advice(code: int, step: str, e: OSError, ctx: Dict[str, str],
             % (ctx["handle"], ctx["device"]))
     if code == _errno.EUSERS and step == "share":
         return PlugQdiscError, (
-            "the plug qdisc %s on %s already has 32 users (holders sharing it): end one "
+            "the plug qdisc %s on %s already has 16 users (holders sharing it): end one "
             "first" % (ctx["handle"], ctx["device"]))
     if code == _errno.EBUSY and step == "in_use":
         return PlugQdiscError, (

@@ -285,9 +285,11 @@ def from_options(**fields: Any) -> Match:
     """A Match from the command line's options; a refusal names them as it spells them
     (``--dport 5-10``, ``--proto tcp``)."""
     m: Match = Match.__new__(Match)
-    object.__setattr__(m, "_key", _key(COMMAND_LINE, **{f: fields.get(f) for f in _FIELDS
-                                                       if f not in _FLAGS},
-                                       **{f: bool(fields.get(f)) for f in _FLAGS}))
+    object.__setattr__(m, "_key", _key(COMMAND_LINE, fields.get("proto"), fields.get("src"),
+                                       fields.get("dst"), fields.get("sport"),
+                                       fields.get("dport"), bool(fields.get("syn")),
+                                       fields.get("mark"), bool(fields.get("fin")),
+                                       bool(fields.get("rst"))))
     return m
 
 
