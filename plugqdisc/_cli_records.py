@@ -112,8 +112,7 @@ def mode_of(q: Any) -> Tuple[str, int]:
     if q.direction == "ingress":
         return "ingress", ROOT
     if q.match is not None:
-        band = int(getattr(q, "band", 0) or 0)
-        return "match", (_plugqdisc.TREE_HANDLE | band) if band else 0
+        return "match", (_plugqdisc.TREE_HANDLE | q.band) if q.band else 0
     return "plain", int(_plugqdisc.parse_handle(q.parent) or 0)
 
 
@@ -168,8 +167,8 @@ def _body(q: Any, ns: str, state: str) -> Dict[str, Any]:
     once attached)."""
     mode, parent = mode_of(q)
     return {"netns": ns, "ifindex": q.ifindex, "device": q.device, "mode": mode,
-            "parent": parent, "handle": int(_plugqdisc.parse_handle(q.handle or "") or 0),
-            "band": int(getattr(q, "band", 0) or 0), "ifb": getattr(q, "ifb", "") or "",
+            "parent": parent, "handle": int(q.handle_id),
+            "band": int(q.band), "ifb": str(q.ifb),
             "match": _shortened(match_text(q.match)), "state": state}
 
 
