@@ -274,18 +274,26 @@ def _ingress_place(rec: Record, inv: Inventory) -> Tuple[Optional[int], Optional
     return None, None
 
 
-def remove(rec: Record, inv: Inventory) -> bool:
+#: What remove() did: the hold is gone; nothing of it was left; a plain plug that other
+#: living processes hold with stays (they share it: the last one out removes it).
+REMOVED, NOTHING, SHARED = "removed", "nothing", "shared"
+
+
+def remove(rec: Record, inv: Inventory) -> str:
     """Release, drain and remove the hold that REC names (its holder is dead), with the
     plan a detach runs, rebuilt by the C core from what the kernel shows: that hold
-    only; the others on the device, and what they share, stay. False if nothing of it
-    is left to remove."""
+    only; the other holds on the device, and what they share, stay (the prio fffe: and
+    the ingress qdisc go with the last hold). REMOVED, NOTHING or SHARED."""
     device = inv.names.get(rec.ifindex)
     if device is None:
-        return False
+        return NOTHING
     if rec.mode == "plain":
         there = inv.find(rec.ifindex, "plug", parent=rec.parent, handle=rec.handle)
     elif rec.mode == "match":
-        there = _the_plug(rec, inv)
+        # Its plug gone, what the holds shared may be left with none in it: the C core's
+        # plan for the hold removes that (and never what another hold uses).
+        there = _the_plug(rec, inv) or (None if _tree_plugs(inv, rec.ifindex) else inv.find(
+            rec.ifindex, "prio", parent=ROOT, handle=TREE_HANDLE))
     else:
         ifb, there = _ingress_place(rec, inv)
         last = not [i for i in inv.ifbs_of(rec.ifindex) if i != ifb]
@@ -303,7 +311,7 @@ def remove(rec: Record, inv: Inventory) -> bool:
             raise EgressBusy(device, _held_at_egress(inv, rec.ifindex))
         there = there or bare
     if there is None:
-        return False
+        return NOTHING
     parent = rec.parent if rec.mode != "match" else there.parent
     fd, own = open_netns(inv.netns)
     try:
@@ -318,7 +326,16 @@ def remove(rec: Record, inv: Inventory) -> bool:
     finally:
         if own:
             os.close(fd)
-    return True
+    if rec.mode == "plain" and Inventory(inv.netns).find(
+            rec.ifindex, "plug", parent=rec.parent, handle=rec.handle) is not None:
+        return SHARED  # the C core found a living user of it: nothing was undone
+    return REMOVED
+
+
+def _tree_plugs(inv: Inventory, ifindex: int) -> List[Qdisc]:
+    """The plugs of the selective holds on device IFINDEX (in the bands of fffe:)."""
+    return [q for q in inv.qdiscs
+            if q.ifindex == ifindex and q.kind == "plug" and in_band(q.parent)]
 
 
 def _held_at_egress(inv: Inventory, ifindex: int) -> int:

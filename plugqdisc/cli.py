@@ -51,7 +51,7 @@ examples:
       hold, and the ifb plug of each ingress hold; they stay, passing traffic
   plugqdisc release lo --handle 3:
       let go of one hold only: the one whose plug has handle 3: (`plugqdisc status
-      lo` shows each hold's handle)"""
+      lo` shows each hold's handle; add --ingress for an ingress hold's)"""
 
 STATUS_EPILOG = """\
 example:
@@ -206,6 +206,9 @@ def _parser() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParse
     r.add_argument("dev", metavar="DEV", help="the network device, for example lo")
     r.add_argument("--handle", metavar="H", type=_handle,
                    help="only the plug qdisc with this handle, as status shows it (3:)")
+    r.add_argument("--ingress", action="store_true",
+                   help="only the ingress holds (their plugs, on their ifbs, have handles "
+                   "of their own: --handle then names one of them)")
 
     s = sub.add_parser("status", parents=[netns], formatter_class=raw, epilog=STATUS_EPILOG,
                        help="list the plug qdiscs and what they hold",
@@ -358,17 +361,23 @@ def _plug_name(plug: _inventory.Plug) -> str:
 
 def _release(inv: _inventory.Inventory, args: argparse.Namespace) -> int:
     plugs = inv.plugs(args.dev, args.handle)
+    if args.handle is not None or args.ingress:
+        # An ingress hold's plug is on its own ifb: its handle may be an egress plug's too.
+        plugs = [p for p in plugs if (p.mode == "ingress") == args.ingress]
     for plug in plugs:
         _inventory.release(plug, args.netns)
         print("released %s (%s): %s" % (plug.device, _plug_name(plug),
                                         _plural(plug.qlen, "packet")))
     if not plugs and args.handle is not None:
-        _say("no plug qdisc with handle %s holds %s's packets%s: `plugqdisc status %s` "
-             "lists the holds and their handles" % (handle_text(args.handle), args.dev,
-                                                     _where(args), args.dev))
+        _say("no plug qdisc with handle %s holds what %s %s%s: `plugqdisc status %s` "
+             "lists the holds and their handles" % (
+                 handle_text(args.handle), args.dev,
+                 "receives (an ingress hold)" if args.ingress else "sends", _where(args),
+                 args.dev))
         return ERROR
     if not plugs:
-        print("no plug qdisc holds %s's packets%s" % (args.dev, _where(args)))
+        print("no plug qdisc holds %s's packets%s%s" % (
+            args.dev, " at ingress" if args.ingress else "", _where(args)))
     return 0
 
 
@@ -460,7 +469,12 @@ def _cleanup(inv: _inventory.Inventory, args: argparse.Namespace) -> int:
             failed += 1
             continue
         _registry.forget(rec.path)
-        if removed:
+        if removed == _inventory.SHARED:
+            removed_any += 1
+            print("dropped the record of %s: its holder, pid %d, is gone; the plug stays, "
+                  "another living process holds with it (the last one out removes it)"
+                  % (name, rec.pid))
+        elif removed == _inventory.REMOVED:
             removed_any += 1
             print("removed %s: its holder, pid %d, is gone; nothing held was lost"
                   % (name, rec.pid))

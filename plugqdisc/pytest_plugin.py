@@ -14,7 +14,7 @@ turns it off). What it gives a test suite:
 * fixture ``plug``: ``plug(device="lo", **PlugQdisc keywords)`` returns an attached
   :class:`plugqdisc.PlugQdisc`, as many as the test asks for (several selective holds
   on one device included); after the test each one is released, detached and closed,
-  the last made first, whatever the outcome.
+  the last made first (the ingress holds last), whatever the outcome.
 
 Whether the kernel has ``sch_plug`` is decided once per session, and only when a
 marked test is selected: yes inside User-Mode Linux (the lab); else as the
@@ -161,7 +161,7 @@ def plug() -> Iterator[PlugFactory]:
     """``plug(device="lo", *, replace=False, **PlugQdisc keywords)``: an attached
     PlugQdisc (passing: call ``buffer()`` to hold); call it once per hold, several on one
     device included. After the test, each one is released, detached and closed, the
-    last made first. A detach removes only what no other hold uses: a plain plug that
+    last made first (the ingress holds last). A detach removes only what no other hold uses: a plain plug that
     another holder shares stays."""
     made: List[PlugQdisc] = []
 
@@ -173,7 +173,10 @@ def plug() -> Iterator[PlugFactory]:
 
     yield factory
     errors: List[BaseException] = []
-    for q in reversed(made):
+    # The last made first, the ingress holds after the others: the last ingress hold out
+    # removes the device's ingress qdisc, which would make the kernel drop what the
+    # device's egress holds (the detach then stops, with an error, and leaves it).
+    for q in sorted(reversed(made), key=lambda q: q.direction == "ingress"):
         try:
             if q.attached:
                 q.detach()  # releases, drains, removes what this hold alone uses
