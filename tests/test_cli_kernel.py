@@ -473,3 +473,34 @@ def test_records_name_each_hold_and_what_its_attach_chose() -> None:
     assert "removed the plain hold on lo: its holder, pid %d, is gone" % rec.pid in p.stdout
     assert recv_all(rx, 1) == [b"held"]
     assert not os.path.exists(old)
+
+
+def test_a_hold_that_cannot_go_beside_the_others_says_so_in_options() -> None:
+    """A plain hold where selective holds are (and the reverse) is refused, naming the
+    holder, with advice the command line can follow: never --replace (it would delete a
+    living hold), never Python's words."""
+    q = PlugQdisc("lo", match=Match(proto="udp", dport=1000)).attach()
+    try:
+        for extra in ([], ["--replace"]):
+            p = cli("hold", "lo", *extra, "--", "true")
+            assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
+            assert "held by pid %d" % os.getpid() in p.stderr, p.stderr
+            assert "match options (--proto, --dport, ...)" in p.stderr, p.stderr
+            assert "=True" not in p.stderr and "Match" not in p.stderr, p.stderr
+        assert "--replace never deletes a hold that someone holds with" in p.stderr
+        assert "pass --replace" not in p.stderr
+    finally:
+        q.detach()
+        q.close()
+    q = PlugQdisc("lo").attach()
+    try:
+        p = cli("hold", "lo", "--dport", "80", "--", "true")
+        assert p.returncode == 1, p.stderr
+        assert ("that plain hold already holds everything 'lo' sends; share it (`plugqdisc "
+                "hold DEV` without match options) or wait until it ends") in p.stderr, p.stderr
+        p = cli("hold", "lo", "--", "true")  # a plain hold shares it
+        assert p.returncode == 0, p.stderr
+        assert qdiscs() == [("lo", "plug", 0x10000, 0xFFFFFFFF)]  # left to its maker
+    finally:
+        q.detach()
+        q.close()
