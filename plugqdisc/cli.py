@@ -448,12 +448,12 @@ def _cleanup(inv: _inventory.Inventory, args: argparse.Namespace) -> int:
             continue
         sharing = _inventory.others_holding(rec, inv)
         if sharing:
-            # Another living process holds with the same plug: it stays, and goes with the
-            # last of them. Only the dead one's record goes.
-            _registry.forget(rec.path)
-            removed_any += 1
-            print("dropped the record of %s: its holder, pid %d, is gone; the plug stays, "
-                  "pid %s holds it too" % (name, rec.pid, ", ".join(map(str, sharing))))
+            # Another living process holds with the same plug: it stays. The record too,
+            # for a later cleanup, if the others leave the plug behind.
+            kept += 1
+            print("kept %s: its holder, pid %d, is gone, but pid %s holds with its plug; a "
+                  "cleanup removes it once none does" % (name, rec.pid, ", ".join(
+                      map(str, sharing))))
             continue
         try:
             fresh = _inventory.Inventory(args.netns) if rec.mode != "plain" else inv
@@ -468,13 +468,13 @@ def _cleanup(inv: _inventory.Inventory, args: argparse.Namespace) -> int:
             _say("%s: %s" % (name, e))
             failed += 1
             continue
-        _registry.forget(rec.path)
         if removed == _inventory.SHARED:
-            removed_any += 1
-            print("dropped the record of %s: its holder, pid %d, is gone; the plug stays, "
-                  "another living process holds with it (the last one out removes it)"
-                  % (name, rec.pid))
-        elif removed == _inventory.REMOVED:
+            kept += 1
+            print("kept %s: its holder, pid %d, is gone, but another living process holds "
+                  "with its plug; a cleanup removes it once none does" % (name, rec.pid))
+            continue
+        _registry.forget(rec.path)
+        if removed == _inventory.REMOVED:
             removed_any += 1
             print("removed %s: its holder, pid %d, is gone; nothing held was lost"
                   % (name, rec.pid))

@@ -504,3 +504,36 @@ def test_a_hold_that_cannot_go_beside_the_others_says_so_in_options() -> None:
     finally:
         q.detach()
         q.close()
+
+
+def test_cleanup_leaves_a_plain_plug_a_living_process_holds_with() -> None:
+    """A plain plug whose maker died unguarded, adopted since by a living holder: cleanup
+    leaves it, holding what the living one holds, and keeps the dead one's record; once
+    the living one is done with it, cleanup removes it."""
+    before = device_state()
+    rx, tx, addr = udp_pair()
+    dead_holder(lambda: [PlugQdisc("lo", guard=False).attach()])
+    q = PlugQdisc("lo", guard=False).attach()  # adopts it (and releases it)
+    try:
+        assert not q.created
+        q.buffer()
+        tx.sendto(b"mine", addr)
+        assert q.wait_buffered(1, timeout=5).qlen == 1
+        (row,) = status_rows().values()
+        dead = row["holder"]
+        assert (row["mode"], row["alive"]) == ("plain", False)
+        p = cli("cleanup")
+        assert p.returncode == 0, p.stderr
+        assert p.stdout == ("kept the plain hold on lo: its holder, pid %d, is gone, but "
+                            "another living process holds with its plug; a cleanup removes "
+                            "it once none does\n" % dead), p.stdout
+        assert q.stats().qlen == 1 and nothing_arrives(rx)  # still held, by the living one
+        q.release()
+        assert recv_all(rx, 1) == [b"mine"]
+    finally:
+        q.detach()  # it adopted a plug whose maker is gone: it leaves it, passing
+        q.close()
+    p = cli("cleanup")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("removed the plain hold on lo: its holder, pid %d" % dead)
+    assert device_state() == before
