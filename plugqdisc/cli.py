@@ -310,7 +310,7 @@ def _hold(p: argparse.ArgumentParser, args: argparse.Namespace, cmd: List[str]) 
     if match is not None or args.ingress:
         # Several holds may share the device: the handle their plugs got tells them apart
         # (status shows it; release --handle takes it).
-        what += " (plug %s)" % q.handle
+        what += " (plug %s%s)" % (q.handle, " on %s" % q.ifb if q.ifb else "")
     code = 0
     try:
         q.buffer()

@@ -268,7 +268,8 @@ def hold_commands(*ports: int, ingress: bool = False) -> List[Hold]:
     for p in procs:
         assert p.stderr is not None
         line = p.stderr.readline()
-        found = re.search(r" \(plug ([0-9a-f]+:)\) until Enter", line)
+        found = re.search(r" \(plug ([0-9a-f]+:)%s\) until Enter" % (
+            r" on pqifb1-\d+" if ingress else ""), line)
         assert found, line + p.stderr.read()
         out.append((p, found.group(1)))
     return out
