@@ -35,6 +35,7 @@ import os
 import select
 import shlex
 import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -49,7 +50,8 @@ from ._util import add_note, seconds
 
 __all__ = ["RemoteHold", "Group", "TransportError", "plugged", "group", "DEFAULT_COMMAND"]
 
-#: The remote plugqdisc, by default.
+#: The remote plugqdisc, by default (with ``via=[]``: this interpreter's, ``python -m
+#: plugqdisc``).
 DEFAULT_COMMAND = ("plugqdisc",)
 #: Seconds to wait for the remote end's first line (a transport's connection, and
 #: Python's start on the target, included).
@@ -168,7 +170,7 @@ class RemoteHold:
     Safe to use from several threads: one command at a time.
     """
 
-    def __init__(self, device: str, *, via: Via = (), command: Via = DEFAULT_COMMAND,
+    def __init__(self, device: str, *, via: Via = (), command: Optional[Via] = None,
                  match: Union[Match, Sequence[Match], None] = None,
                  direction: str = "egress", limit: Optional[int] = None,
                  max_hold: Optional[float] = None, netns: Optional[str] = None,
@@ -180,6 +182,8 @@ class RemoteHold:
                             "%s" % type(device).__name__)
         _check_device(device)
         self._via = _via(via)
+        if command is None:
+            command = DEFAULT_COMMAND if self._via else (sys.executable, "-m", "plugqdisc")
         self._command = _via(command, "command")
         if not self._command:
             raise ValueError("command is empty: give the remote plugqdisc, such as "
@@ -397,7 +401,16 @@ class RemoteHold:
         command itself may take (None: no limit)."""
         deadline = None if extra is None or self._timeout is None else (
             time.monotonic() + self._timeout + extra)
-        answer = self._line(deadline)
+        try:
+            answer = self._line(deadline)
+        except TransportError:
+            raise
+        except BaseException:
+            # Cut short (a signal handler's exception, Ctrl-C) between a command and its
+            # answer: the next answer read would be this one's. End the session (the
+            # remote end releases and removes) rather than lose track of the hold.
+            self._abandon()
+            raise
         self._state = answer
         if not answer.get("ok"):
             raise _rebuild(answer.get("error") or {}, self._name)
@@ -816,7 +829,7 @@ class _Plugged:
 
 
 def plugged(device: str, *, via: Union[Via, Sequence[Via]] = (),
-            command: Via = DEFAULT_COMMAND, match: Union[Match, Sequence[Match], None] = None,
+            command: Optional[Via] = None, match: Union[Match, Sequence[Match], None] = None,
             direction: str = "egress", limit: Optional[int] = None,
             max_hold: Optional[float] = None, netns: Optional[str] = None,
             replace: bool = False, allow_transport_device: bool = False,
