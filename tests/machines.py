@@ -11,13 +11,13 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import Any, Iterator, List, Tuple
+from typing import Any, Callable, Iterator, List, Tuple
 
 import pytest
 
 from nettools import sh
 from plugqdisc import _plugqdisc
-from plugqdisc.netns import CLONE_NEWNET, setns
+from plugqdisc.netns import CLONE_NEWNET, setns, sysctl
 
 #: The remote plugqdisc: this interpreter's (the lab's PATH has no venv).
 PY = [sys.executable, "-m", "plugqdisc"]
@@ -33,6 +33,10 @@ class Machines:
             ns = "%sm%d" % (self.prefix, k)
             sh("ip", "netns", "add", ns)
             self.names.append(ns)
+            # Quiet machines: no IPv6 (router solicitations, DAD) among what a plain hold
+            # holds, so that the counts are the test's datagrams.
+            self.run_in(k, lambda: [sysctl("net.ipv6.conf.%s.disable_ipv6" % c, 1,
+                                           missing_ok=True) for c in ("all", "default")])
             here, there = "02:00:00:00:%02x:01" % k, "02:00:00:00:%02x:02" % k
             sh("ip", "link", "add", "c%d" % k, "address", here, "type", "veth", "peer", "name",
                "eth0", "address", there, "netns", ns)
@@ -50,26 +54,30 @@ class Machines:
     def via(self, k: int) -> List[str]:
         return ["ip", "netns", "exec", self.names[k - 1]]
 
-    def socket(self, k: int, kind: int = socket.SOCK_DGRAM) -> socket.socket:
-        """A socket made in machine k's namespace (a thread enters it to make it)."""
+    def run_in(self, k: int, fn: Callable[[], Any]) -> Any:
+        """FN's result, run by a thread that entered machine k's namespace."""
         out: List[Any] = []
 
-        def make() -> None:
+        def body() -> None:
             try:
                 fd = os.open("/run/netns/" + self.names[k - 1], os.O_RDONLY)
                 try:
                     setns(fd, CLONE_NEWNET)
                 finally:
                     os.close(fd)
-                out.append(socket.socket(socket.AF_INET, kind))
+                out.append(fn())
             except BaseException as e:
                 out.append(e)
-        t = threading.Thread(target=make)
+        t = threading.Thread(target=body)
         t.start()
         t.join()
         if isinstance(out[0], BaseException):
             raise out[0]
-        return out[0]  # type: ignore[no-any-return]
+        return out[0]
+
+    def socket(self, k: int, kind: int = socket.SOCK_DGRAM) -> socket.socket:
+        """A socket made in machine k's namespace."""
+        return self.run_in(k, lambda: socket.socket(socket.AF_INET, kind))  # type: ignore[no-any-return]
 
     def qdiscs(self, k: int) -> List[Tuple[str, int, int]]:
         """(kind, qlen, drops) of each qdisc on machine k's eth0."""
