@@ -663,7 +663,7 @@ class Group:
                 self._errors.append(e)
                 sent.append(None)
         answers: List[Optional[Dict[str, Any]]] = []
-        for one in sent:
+        for i, one in enumerate(sent):
             if one is None:
                 answers.append(None)
                 continue
@@ -672,6 +672,15 @@ class Group:
             except Exception as e:
                 self._errors.append(e)
                 answers.append(None)
+            except BaseException:
+                # Cut short (Ctrl-C, a signal handler's exception): the targets whose answer
+                # is still to come are out of step; end their sessions (each remote end
+                # releases and removes its hold), as _receive did for this one.
+                for rest in sent[i + 1:]:
+                    if rest is not None:
+                        rest._abandon()
+                        rest._lock.release()
+                raise
             finally:
                 one._lock.release()
         return answers

@@ -291,3 +291,27 @@ def test_a_hold_that_would_cut_its_own_ssh_session_is_refused(machines: Machines
     with plugged("eth0", via=via, command=PY, allow_transport_device=True) as q:
         assert q.is_buffering  # asked for explicitly
     assert machines.as_found(1)
+
+
+def test_ctrl_c_during_a_group_call_ends_every_session_and_loses_nothing(
+        machines: Machines) -> None:
+    rxs = [receiver(k) for k in (1, 2)]
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with plugged("eth0", via=[machines.via(1), machines.via(2)], command=PY) as g:
+                for k, (rx, addr) in zip((1, 2), rxs):
+                    send_from(machines, k, addr, [b"%d" % k] * 3)
+                signal.setitimer(signal.ITIMER_REAL, 0.5)
+                g.wait_buffered(100, timeout=60)  # cut short by the "Ctrl-C"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert g.closed
+    for k, (rx, _) in zip((1, 2), rxs):
+        assert recv_all(rx, 3) == [b"%d" % k] * 3
+        assert machines.as_found(k)
