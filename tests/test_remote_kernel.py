@@ -315,3 +315,29 @@ def test_ctrl_c_during_a_group_call_ends_every_session_and_loses_nothing(
     for k, (rx, _) in zip((1, 2), rxs):
         assert recv_all(rx, 3) == [b"%d" % k] * 3
         assert machines.as_found(k)
+
+
+def test_max_hold_bounds_a_remote_hold_and_the_next_answer_says_so(machines: Machines
+                                                                   ) -> None:
+    rx, addr = receiver(1)
+    with plugged("eth0", via=machines.via(1), command=PY, max_hold=0.5) as q:
+        assert q.max_hold == 0.5 and q.info["max_hold"] == 0.5
+        send_from(machines, 1, addr, [b"bounded"] * 2)
+        assert recv_all(rx, 2, timeout=10) == [b"bounded"] * 2  # the guardian let them go
+        st = q.stats()
+        assert st.qlen == 0 and q.expired and not q.is_buffering
+    assert machines.as_found(1)
+
+
+def test_netns_names_a_namespace_on_the_target(machines: Machines) -> None:
+    rx, addr = receiver(2)
+    # Reached through machine 1, held in machine 2's namespace (as `--netns` on a host
+    # whose containers' namespaces are named).
+    with plugged("eth0", via=machines.via(1), command=PY, netns=machines.names[1],
+                 match=Match(proto="udp")) as q:
+        assert q.info["netns"] == machines.names[1]
+        send_from(machines, 2, addr, [b"there"])
+        assert q.wait_buffered(1, timeout=10).qlen == 1
+        assert machines.as_found(1) and not machines.as_found(2)
+    assert recv_all(rx, 1) == [b"there"]
+    assert machines.as_found(2)
