@@ -70,7 +70,8 @@ def chaos(var_file: Path, journal: Path, *options: str) -> "subprocess.Popen[str
     return subprocess.Popen([CHAOS, "--no-version-check", "--no-log-file", "run", *options,
                              "--var-file", str(var_file), "--journal-path", str(journal),
                              EXPERIMENT],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
 
 
 def delivered(rxs: List[Any]) -> None:
@@ -102,13 +103,19 @@ def test_chaos_run_of_the_example_holds_on_both_targets_and_the_journal_has_the_
     assert machines.as_found(1) and machines.as_found(2)
 
 
-@pytest.mark.parametrize("sig, rollbacks", [(signal.SIGINT, "always"),
-                                            (signal.SIGTERM, "always"),
-                                            (signal.SIGINT, "never")])
+@pytest.mark.parametrize("sig, rollbacks, releaser", [
+    (signal.SIGINT, "always", "rollback"),
+    (signal.SIGTERM, "always", "rollback"),
+    (signal.SIGUSR1, "always", "rollback"),
+    (signal.SIGUSR2, "always", "control"),  # SIGUSR2 skips the rollbacks, whatever the strategy
+    (signal.SIGINT, "never", "control"),
+    (signal.SIGKILL, "always", "lease"),  # chaos runs nothing: each remote end's input ends
+])
 def test_an_interrupted_chaos_run_leaves_every_target_as_found(
-        machines: Machines, tmp_path: Path, sig: int, rollbacks: str) -> None:
-    """Interrupted in its disruption (a process activity): the rollback releases, or with
-    no rollback (strategy "never") the control does, at the experiment's end."""
+        machines: Machines, tmp_path: Path, sig: int, rollbacks: str, releaser: str) -> None:
+    """Interrupted in its disruption (a process activity): the rollback releases ("always"),
+    or else the control does at the experiment's end, or, for a SIGKILL, the targets' own
+    remote ends as their input ends."""
     rxs, _, var_file = setup(machines, tmp_path, disruption="sleep 120")
     journal = tmp_path / "journal.json"
     p = chaos(var_file, journal, "--rollback-strategy", rollbacks)
@@ -127,11 +134,23 @@ def test_an_interrupted_chaos_run_leaves_every_target_as_found(
         if p.poll() is None:
             p.kill()
             p.wait()
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # what chaos started and left (sleep 120)
+        except ProcessLookupError:
+            pass
+    if releaser == "lease":
+        deadline = time.monotonic() + 1.0  # the remote ends' bound after their input ends
+        while not (machines.as_found(1) and machines.as_found(2)):
+            assert time.monotonic() < deadline, [machines.qdiscs(k) for k in (1, 2)]
+            time.sleep(0.01)
     delivered(rxs)
     assert machines.as_found(1) and machines.as_found(2), out
+    if releaser == "lease":
+        assert p.returncode == -signal.SIGKILL and not journal.exists()
+        return
     j = json.loads(journal.read_text())
     assert j["status"] == "interrupted", out
-    if rollbacks == "never":
+    if releaser == "control":
         assert not j["rollbacks"]
         assert "the experiment ended with holds still on (hold): releasing them" in out, out
         return
