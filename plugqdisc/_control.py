@@ -359,7 +359,14 @@ def serve(dev: str, *, match: Optional[Match], ingress: bool, limit: Optional[in
     try:
         q.attach(replace=replace)
     except BaseException as e:
-        q.close()
+        # Undone as any hold is (a signal may land just after attach made it): what attach
+        # made is removed; a failed attach made nothing.
+        try:
+            q.__exit__(type(e), e, e.__traceback__)
+        except BaseException:
+            pass  # noted on E, which is what the controller hears
+        if isinstance(e, _Stop):
+            return 0
         if isinstance(e, Exception):
             try:
                 send(1, dict(first, error=error_fields(e)))
