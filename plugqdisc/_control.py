@@ -124,11 +124,11 @@ def session_devices(session: Tuple[str, int, str, int]) -> Set[str]:
 
 
 def _selects(m: Match, proto: int, src: str, dst: str, sport: int, dport: int) -> bool:
-    """Whether M selects an established TCP segment (no SYN) with these fields; a mark is
-    taken to select it (what netfilter marks is unknown here)."""
+    """Whether M selects an established TCP segment (no SYN, FIN or RST) with these
+    fields; a mark is taken to select it (what netfilter marks is unknown here)."""
     if m.mark is not None:
         return True
-    if m.syn or m.proto not in (None, "tcp", proto):
+    if m.syn or m.fin or m.rst or m.proto not in (None, "tcp", proto):
         return False
     for net, addr in ((m.src, src), (m.dst, dst)):
         if net is not None and ipaddress.ip_address(addr.split("%")[0]) not in net:

@@ -165,6 +165,8 @@ def _parser() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParse
     h.add_argument("--dport", metavar="P", type=_port, help="destination port or range")
     h.add_argument("--syn", action="store_true",
                    help="TCP connection attempts only (SYN set, ACK clear)")
+    h.add_argument("--fin", action="store_true", help="TCP segments with FIN set (a side closing)")
+    h.add_argument("--rst", action="store_true", help="TCP segments with RST set (a reset)")
     h.add_argument("--mark", metavar="M", type=_mark,
                    help="packets with this fwmark: VALUE or VALUE/MASK (0x42, 0x40/0xf0)")
     h.add_argument("--ingress", action="store_true",
@@ -224,8 +226,9 @@ def _match(args: argparse.Namespace) -> Optional[Match]:
     """The match the options select (None: all); a refusal names the options."""
     fields = {k: getattr(args, k) for k in ("proto", "src", "dst", "sport", "dport", "mark")
               if getattr(args, k) is not None}
-    if args.syn:
-        fields["syn"] = True
+    for flag in ("syn", "fin", "rst"):
+        if getattr(args, flag):
+            fields[flag] = True
     if fields.get("proto", "").isdigit():
         fields["proto"] = int(fields["proto"])
     return from_options(**fields) if fields else None

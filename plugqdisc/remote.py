@@ -122,10 +122,17 @@ def _options(match: Optional[Match]) -> List[str]:
         ports = getattr(match, name)
         if ports is not None:
             out += ["--" + name, str(ports[0]) if ports[0] == ports[1] else "%d-%d" % ports]
-    if match.syn:
-        out.append("--syn")
+    for flag in ("syn", "fin", "rst"):
+        if getattr(match, flag):
+            out.append("--" + flag)
     if match.mark is not None:
         out += ["--mark", "%#x/%#x" % match.mark]
+    spelled = {"proto", "src", "dst", "sport", "dport", "syn", "fin", "rst", "mark"}
+    unknown = sorted(k for k, v in match.__getstate__().items()
+                     if k not in spelled and v not in (None, False))
+    if unknown:  # a field this module does not pass on would widen the hold: refuse
+        raise ValueError("a remote hold cannot pass %s to the remote command line yet"
+                         % ", ".join(unknown))
     return out
 
 
@@ -189,6 +196,7 @@ class RemoteHold:
             raise ValueError("command is empty: give the remote plugqdisc, such as "
                              "['plugqdisc'] or ['python3', '-m', 'plugqdisc']")
         self._match = _one_match(match)
+        _options(self._match)  # a field the command line cannot carry is refused now
         if direction not in ("egress", "ingress"):
             raise ValueError("direction must be 'egress' (what the device sends) or "
                              "'ingress' (what it receives), not %r" % (direction,))

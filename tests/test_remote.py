@@ -53,6 +53,8 @@ def test_the_remote_command_line_says_what_was_asked() -> None:
         "--src", "10.0.0.0/8", "--dport", "5432-5433", "--syn", "--ingress", "--limit",
         "100000", "--max-hold", "2.5", "--netns", "blue", "--replace",
         "--allow-transport-device", "--control"]
+    assert RemoteHold("lo", match=Match(proto="tcp", fin=True, rst=True)).argv()[5:] == [
+        "--proto", "tcp", "--fin", "--rst", "--control"]
     assert RemoteHold("lo", match=Match(mark=(0x40, 0xF0))).argv() == [
         sys.executable, "-m", "plugqdisc", "hold", "lo", "--mark", "0x40/0xf0", "--control"]
     assert RemoteHold("lo", via=["ssh", "h"]).command == ["plugqdisc"]
@@ -88,6 +90,7 @@ def test_the_ssh_session_and_whether_a_match_selects_its_packets() -> None:
     assert not _selects(Match(proto="udp"), *egress)
     assert not _selects(Match(proto="tcp", dport=5432), *egress)
     assert not _selects(Match(proto="tcp", syn=True), *egress)
+    assert not _selects(Match(proto="tcp", fin=True), *egress)
     assert not _selects(Match(src="192.168.0.0/16"), *egress)
 
 

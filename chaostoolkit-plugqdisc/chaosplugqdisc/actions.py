@@ -43,10 +43,11 @@ def hold(device: str, targets: Any = None, name: str = "hold", direction: str = 
          dst: Union[str, None] = None, sport: Any = None, dport: Any = None,
          syn: bool = False, mark: Any = None, limit: Union[int, None] = None,
          max_hold: Union[float, None] = None, netns: Union[str, None] = None,
-         command: Any = None, allow_transport_device: bool = False) -> List[Dict[str, Any]]:
+         command: Any = None, allow_transport_device: bool = False, fin: bool = False,
+         rst: bool = False) -> List[Dict[str, Any]]:
     """Hold the packets DEVICE sends (direction "ingress": receives) on every target at
     once, all of them or those the match fields select (proto, src, dst, sport, dport,
-    syn, mark: as plugqdisc.Match; a port range or a mark with its mask is a [low, high]
+    syn, mark, fin, rst: as plugqdisc.Match; a port range or a mark with its mask is a [low, high]
     / [value, mask] list). targets: None (this machine), a command prefix ("ssh -T db2",
     "kubectl exec -i pod --") or a list of them; command: the plugqdisc to run there
     (default "plugqdisc"). The hold is kept under NAME until release(NAME), release_all,
@@ -55,8 +56,9 @@ def hold(device: str, targets: Any = None, name: str = "hold", direction: str = 
     fields = {"proto": proto, "src": src, "dst": dst, "sport": _pair(sport),
               "dport": _pair(dport), "mark": _pair(mark)}
     given = {k: v for k, v in fields.items() if v is not None}
-    if syn:
-        given["syn"] = True
+    for flag, on in (("syn", syn), ("fin", fin), ("rst", rst)):
+        if on:
+            given[flag] = True
     match = Match(**given) if given else None
     cmd = shlex.split(command) if isinstance(command, str) else command
     holds = [RemoteHold(device, via=via, command=cmd, match=match, direction=direction,
