@@ -40,6 +40,8 @@ PROTOCOL = 1
 COMMANDS: Dict[str, Dict[str, Any]] = {
     "buffer": {}, "release": {}, "release_one": {}, "stats": {},
     "wait": {"packets": 1, "timeout": None},
+    "wait_drained": {"timeout": 5.0},
+    "let_new_packets_pass": {},
     "set_limit": {"bytes": None},
     "detach": {"timeout": 5.0},
 }
@@ -289,6 +291,10 @@ class Session:
             return {"stats": stats_fields(q.stats())}
         elif cmd == "wait":
             return {"stats": stats_fields(self.wait(args["packets"], args["timeout"]))}
+        elif cmd == "wait_drained":
+            return {"stats": stats_fields(self.wait(None, args["timeout"]))}
+        elif cmd == "let_new_packets_pass":
+            q.let_new_packets_pass()
         elif cmd == "detach":
             timeout = args["timeout"]
             seconds(timeout, "timeout")  # checked before anything changes
@@ -298,19 +304,25 @@ class Session:
         return {}
 
     def wait(self, packets: Any, timeout: Any) -> Stats:
-        """q.wait_buffered(packets, timeout=timeout), watching the input meanwhile: the
-        end of it ends the wait, and the hold."""
+        """q.wait_buffered(packets, timeout=timeout) (PACKETS None: q.wait_drained(timeout)),
+        watching the input meanwhile: the end of it ends the wait, and the hold."""
         limit = seconds(timeout, "timeout")
         deadline = None if limit is None else time.monotonic() + limit
         pause = 0.0005
         while True:
             try:
+                if packets is None:
+                    return self.q.wait_drained(0.0)
                 return self.q.wait_buffered(packets, timeout=0.0)  # checks the arguments too
             except TimeoutError:
                 pass
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 st = self.q.stats()
+                if packets is None:
+                    raise TimeoutError(_errno.ETIMEDOUT, "%d packets still held on %s after "
+                                       "%s s (is it released?)" % (st.qlen, self.q._where,
+                                                                   timeout))
                 raise TimeoutError(_errno.ETIMEDOUT, "%d of %d packets held on %s after %s s"
                                    % (st.qlen, packets, self.q._where, timeout))
             wait = pause if deadline is None else min(pause, deadline - now)

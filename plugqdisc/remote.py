@@ -473,6 +473,18 @@ class RemoteHold:
         limit = seconds(timeout, "timeout")
         return _stats(self._call("wait", limit, packets=packets, timeout=limit)["stats"])
 
+    def wait_drained(self, timeout: Optional[float] = 5.0) -> Stats:
+        """Wait until the hold there holds nothing (after :meth:`release`: all it held has
+        left it); TimeoutError after ``timeout`` seconds. With :meth:`release` it makes
+        :func:`plugqdisc.release_in_order` work across machines."""
+        limit = seconds(timeout, "timeout")
+        return _stats(self._call("wait_drained", limit, timeout=limit)["stats"])
+
+    def let_new_packets_pass(self) -> None:
+        """A selective or ingress hold there stops selecting: later packets pass, what it
+        holds stays held until :meth:`release` (see PlugQdisc.let_new_packets_pass)."""
+        self._call("let_new_packets_pass")
+
     def detach(self, *, timeout: Optional[float] = 5.0) -> Stats:
         """Release, wait for the backlog to drain (up to ``timeout`` s), remove the hold
         there, and end the session. Returns the counters from just before (what was held,

@@ -106,29 +106,6 @@ def machines() -> Iterator[Machines]:
         m.remove()
 
 
-def receiver(k: int) -> Tuple[socket.socket, Tuple[str, int]]:
-    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    rx.bind(("10.16.%d.1" % k, 0))
-    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    return rx, rx.getsockname()
-
-
-def send_from(m: Machines, k: int, addr: Tuple[str, int], payloads: List[bytes]) -> None:
-    tx = m.socket(k)
-    with tx:
-        for d in payloads:
-            tx.sendto(d, addr)
-
-
-@pytest.fixture
-def machines() -> Iterator[Machines]:
-    m = Machines(3)
-    try:
-        yield m
-    finally:
-        m.remove()
-
-
 def receiver(k: int, port: int = 0) -> Tuple[socket.socket, Tuple[str, int]]:
     """A UDP socket on the test's side of machine k's link."""
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -18,7 +18,7 @@ import pytest
 
 from machines import PY, Machines, machines, receiver, send_from  # noqa: F401 (a fixture)
 from nettools import datagrams, fork_child, nothing_arrives, recv_all, report
-from plugqdisc import DeviceNotFoundError, Match, PlugQdiscError
+from plugqdisc import DeviceNotFoundError, Match, PlugQdiscError, release_in_order
 from plugqdisc.remote import Group, RemoteHold, TransportError, group, plugged
 
 pytestmark = pytest.mark.plugqdisc
@@ -341,3 +341,34 @@ def test_netns_names_a_namespace_on_the_target(machines: Machines) -> None:
         assert machines.as_found(1) and not machines.as_found(2)
     assert recv_all(rx, 1) == [b"there"]
     assert machines.as_found(2)
+
+
+def test_remote_holds_on_one_device_go_in_the_order_chosen_and_overtake(machines: Machines
+                                                                        ) -> None:
+    """Two selective holds on one remote device (issue 15 there): released in the order the
+    test chooses with plugqdisc.release_in_order; and a hold that lets later packets pass
+    while it keeps what it holds swaps two datagrams of one flow."""
+    (rx_a, addr_a), (rx_b, addr_b) = receiver(1), receiver(1)
+    with plugged("eth0", via=machines.via(1), command=PY,
+                 match=Match(proto="udp", dport=addr_a[1])) as a, \
+            plugged("eth0", via=machines.via(1), command=PY,
+                    match=Match(proto="udp", dport=addr_b[1])) as b:
+        assert a.info["handle"] != b.info["handle"]
+        send_from(machines, 1, addr_a, [b"a1"])
+        send_from(machines, 1, addr_b, [b"b1"])
+        a.wait_buffered(1, timeout=10)
+        b.wait_buffered(1, timeout=10)
+        assert nothing_arrives(rx_a) and nothing_arrives(rx_b)
+        release_in_order(b, a)  # b's all gone on before a is released
+        assert recv_all(rx_b, 1) == [b"b1"] and recv_all(rx_a, 1) == [b"a1"]
+        # overtaking within a's flow: hold one, let the next pass, then release
+        a.buffer()
+        send_from(machines, 1, addr_a, [b"first"])
+        a.wait_buffered(1, timeout=10)
+        a.let_new_packets_pass()
+        send_from(machines, 1, addr_a, [b"second"])
+        assert recv_all(rx_a, 1) == [b"second"]
+        a.release()
+        assert a.wait_drained(timeout=10).qlen == 0
+        assert recv_all(rx_a, 1) == [b"first"]
+    assert machines.as_found(1)
