@@ -60,6 +60,12 @@ def test_bench_smoke(tmp_path):
     for k in ("plain", "match", "tc"):
         assert positive(loss[k]["sent"]) and 0 <= loss[k]["lost"] <= loss[k]["sent"], k
 
+    remote = res["remote"]
+    for k in ("local", "remote"):
+        assert positive(remote["us_per_pair"][k]["median"]), k
+    for k in ("group", "sequential"):
+        assert positive(remote["skew_us"][k]["median"]), k
+
     lat = res["latency"]["release_to_readable_us"]
     assert positive(lat["median"]) and positive(lat["p99"])
     assert {t["result"] for t in res["targets"]} <= {"PASS", "MISS", "N/A"}
