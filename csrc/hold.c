@@ -203,6 +203,8 @@ static int remove_here(void *arg)
         err = pq_fail(rm->e, PQ_STEP_UNDO, err);
     else if ((err = pq_plan_run(fd, &p, PQ_PH_RELEASE, rm->timeout_ms, sock, 0, &r)) < 0)
         err = pq_hold_failed(rm->e, &r, err);
+    else
+        err = rm->mode == PQ_MODE_PLAIN && r.shared;   /* left to a living user */
     (void)PQ_SYS(SYS_close, sock, 0, 0, 0, 0, 0);
     pq_nl_close(&nl);
     return err;

@@ -800,7 +800,8 @@ PyDoc_STRVAR(remove_hold_doc, "remove_hold(netns_fd, ifindex, mode, parent, hand
 "Adopt the hold of mode (0 plain, 1 match, 2 ingress) on device ifindex whose plug has\n"
 "handle (parent: a plain plug's parent) in the namespace netns_fd (-1: the calling\n"
 "thread's), and remove it with the plan a detach runs: release, stop the diversion, wait\n"
-"up to timeout_ms for the drain, remove (pq_remove_hold). None, or OSError with the facts.");
+"up to timeout_ms for the drain, remove (pq_remove_hold). True if a plain plug was left\n"
+"to a living user of it (nothing undone), else False; OSError with the facts.");
 static PyObject *
 remove_hold(PyObject *module, PyObject *args)
 {
@@ -818,7 +819,7 @@ remove_hold(PyObject *module, PyObject *args)
     Py_END_ALLOW_THREADS
     if (rc < 0)
         return raise_error(&ei);
-    Py_RETURN_NONE;
+    return PyBool_FromLong(rc > 0);
 }
 
 static PyMethodDef module_methods[] = {

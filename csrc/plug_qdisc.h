@@ -266,7 +266,8 @@ enum pq_mode { PQ_MODE_PLAIN = 0, PQ_MODE_MATCH = 1, PQ_MODE_INGRESS = 2 };
  * prio; the ingress qdisc only if the device's egress holds nothing: -EBUSY otherwise).
  * A selective hold's band, an ingress hold's ifb and its filters are found from HANDLE;
  * HANDLE 0 for an ingress hold: no ifb is left, only what the holds shared is removed.
- * A plain plug that a living holder uses is left to it. 0 or -errno with the facts in E. */
+ * A plain plug that a living holder uses is left to it: 1. Else 0, or -errno with the
+ * facts in E. */
 int pq_remove_hold(int netns_fd, int ifindex, enum pq_mode mode, uint32_t parent,
                    uint32_t handle, int timeout_ms, struct pq_error *e);
 

@@ -22,6 +22,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <linux/if_ether.h>
+#include <linux/if_link.h>
 #include <linux/pkt_cls.h>
 #include <linux/pkt_sched.h>
 #include <linux/rtnetlink.h>
@@ -29,6 +30,7 @@
 
 #include <netlink/attr.h>
 #include <netlink/route/link.h>
+#include <netlink/route/link/inet6.h>
 #include <netlink/route/tc.h>
 #include <netlink/route/qdisc/prio.h>
 
@@ -259,6 +261,24 @@ int pq_tree_take_place(struct pq_nl *nl, int ifindex, uint32_t parent, int repla
     return 0;
 }
 
+/* A change of the link IFINDEX: with QUIET, no IPv6 address generation; else up. */
+static int change_ifb(struct pq_nl *nl, int ifindex, int quiet)
+{
+    struct rtnl_link *link = rtnl_link_alloc();
+    int err = 0;
+
+    if (!link)
+        return -ENOMEM;
+    rtnl_link_set_ifindex(link, ifindex);
+    if (quiet)
+        err = rtnl_link_inet6_set_addr_gen_mode(link, IN6_ADDR_GEN_MODE_NONE);
+    else
+        rtnl_link_set_flags(link, IFF_UP);
+    err = err == 0 ? pq_nl_add_link(nl, link, 0) : pq_nle_errno(err);
+    rtnl_link_put(link);
+    return err;
+}
+
 int pq_tree_make_ifb(struct pq_nl *nl, const char *name, int replace, int *ifindex)
 {
     struct rtnl_link *link = NULL;
@@ -276,7 +296,6 @@ int pq_tree_make_ifb(struct pq_nl *nl, const char *name, int replace, int *ifind
         return fail_on(nl, PQ_STEP_IFB, -ENOMEM, "ifb");
     rtnl_link_set_name(link, name);
     err = rtnl_link_set_type(link, "ifb");
-    rtnl_link_set_flags(link, IFF_UP);
     err = err == 0 ? pq_nl_add_link(nl, link, NLM_F_CREATE | NLM_F_EXCL) : pq_nle_errno(err);
     rtnl_link_put(link);
     link = NULL;
@@ -284,6 +303,13 @@ int pq_tree_make_ifb(struct pq_nl *nl, const char *name, int replace, int *ifind
         *ifindex = rtnl_link_get_ifindex(link);
         rtnl_link_put(link);
     }
+    /* Before it is up: no IPv6 link-local address, so that the ifb sends nothing of its
+     * own (DAD, router solicitations, MLD) through its root qdisc, our plug, which would
+     * count it as held. Without IPv6 (EAFNOSUPPORT) it has nothing of that to say. */
+    if (err == 0 && (err = change_ifb(nl, *ifindex, 1)) == -EAFNOSUPPORT)
+        err = 0;
+    if (err == 0)
+        err = change_ifb(nl, *ifindex, 0);
     return err < 0 ? fail_on(nl, PQ_STEP_IFB, err, "ifb") : 0;
 }
 

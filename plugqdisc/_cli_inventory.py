@@ -315,8 +315,8 @@ def remove(rec: Record, inv: Inventory) -> str:
     parent = rec.parent if rec.mode != "match" else there.parent
     fd, own = open_netns(inv.netns)
     try:
-        _plugqdisc.remove_hold(fd, rec.ifindex, _MODES[rec.mode], parent, rec.handle,
-                               int(DRAIN_TIMEOUT * 1000))
+        shared = _plugqdisc.remove_hold(fd, rec.ifindex, _MODES[rec.mode], parent,
+                                        rec.handle, int(DRAIN_TIMEOUT * 1000))
     except OSError as e:
         if e.errno == errno.EBUSY and getattr(e, "step", "") == "undo":
             raise EgressBusy(device, int(getattr(e, "held", 0))) from None
@@ -326,10 +326,7 @@ def remove(rec: Record, inv: Inventory) -> str:
     finally:
         if own:
             os.close(fd)
-    if rec.mode == "plain" and Inventory(inv.netns).find(
-            rec.ifindex, "plug", parent=rec.parent, handle=rec.handle) is not None:
-        return SHARED  # the C core found a living user of it: nothing was undone
-    return REMOVED
+    return SHARED if shared else REMOVED  # shared: a living user has it, nothing undone
 
 
 def _tree_plugs(inv: Inventory, ifindex: int) -> List[Qdisc]:
