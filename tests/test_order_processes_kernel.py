@@ -12,12 +12,11 @@ import signal
 import socket
 import struct
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List
 
 import pytest
 
-from nettools import (device_state, fork_child, left_as_found, peer_namespace, recv_all,
-                      report)
+from nettools import fork_child, left_as_found, peer_namespace, recv_all, report
 from plugqdisc import Match, plugged
 from plugqdisc.netns import UdpStream
 
@@ -41,6 +40,7 @@ class Child:
         self.pid, self.out = fork_child(run)
         os.close(cue_r)
         self._cue_w = cue_w
+        self._lines = b""
 
     @staticmethod
     def _wait_cue(fd: int) -> None:
@@ -51,11 +51,18 @@ class Child:
         os.write(self._cue_w, b"x")
 
     def next(self, timeout: float = 30.0) -> Dict[str, Any]:
-        """The child's next report; its traceback as the failure if it raised."""
-        if not select.select([self.out], [], [], timeout)[0]:
-            raise AssertionError("child %d reported nothing within %s s" % (self.pid, timeout))
-        line = self.out.readline()
-        assert line, "child %d ended without a report" % self.pid
+        """The child's next report; its traceback as the failure if it raised. Reads the
+        pipe itself, a line at a time (a buffered readline could hold the next one back
+        from select)."""
+        fd = self.out.fileno()
+        while b"\n" not in self._lines:
+            if not select.select([fd], [], [], timeout)[0]:
+                raise AssertionError("child %d reported nothing within %s s"
+                                     % (self.pid, timeout))
+            chunk = os.read(fd, 65536)
+            assert chunk, "child %d ended without a report" % self.pid
+            self._lines += chunk
+        line, self._lines = self._lines.split(b"\n", 1)
         got: Dict[str, Any] = json.loads(line)
         assert "error" not in got, got["error"]
         return got
