@@ -9,6 +9,7 @@ import contextlib
 import errno
 import os
 import queue
+import select
 import selectors
 import socket
 import threading
@@ -95,11 +96,7 @@ class Receivers:
         self.tx.sendto(data, self.rx[i].getsockname())
 
     def nothing_queued(self, i: int) -> bool:
-        try:
-            self.rx[i].recv(100, socket.MSG_DONTWAIT | socket.MSG_PEEK)
-        except BlockingIOError:
-            return True
-        return False
+        return not select.select([self.rx[i]], [], [], 0)[0]
 
     def close(self) -> None:
         for s in self.rx + [self.tx]:
