@@ -44,6 +44,7 @@
 
 struct g_slot {
     int used, fd, armed;
+    int sock;                    /* an AF_UNIX socket in the hold's namespace, for its gate */
     int abandoned;               /* its handle is gone, its hold not: guarded till the end */
     uint32_t max_hold_ms, seq;
     struct pq_plan *plan;
@@ -58,15 +59,18 @@ static struct {
     struct g_hold *holds;        /* its G_MAX records (mapped for it, zeroed) */
     volatile uint32_t *expired;  /* G_MAX slots shared with it: the expired seq */
     struct g_slot s[G_MAX];
-} G = { PTHREAD_MUTEX_INITIALIZER, 0, 0, -1, NULL, NULL, NULL, { { 0, 0, 0, 0, 0, 0, NULL } } };
+} G = { PTHREAD_MUTEX_INITIALIZER, 0, 0, -1, NULL, NULL, NULL, { { 0, 0, 0, 0, 0, 0, 0, NULL } } };
 
 static void g_drop_slot(struct g_slot *s)
 {
     if (s->fd >= 0)
         close(s->fd);
+    if (s->sock >= 0)
+        close(s->sock);
     free(s->plan);
     memset(s, 0, sizeof(*s));
     s->fd = -1;
+    s->sock = -1;
 }
 
 /* Lock the state, first forgetting a guardian and holds inherited through fork(): they
@@ -215,11 +219,13 @@ static int g_start(void)
     return g_wait_ready();
 }
 
-/* Send one record (and PAYLOAD, and FD as SCM_RIGHTS if >= 0) to the guardian. 0/-errno. */
-static int g_send(const struct g_rec *rec, const void *payload, size_t len, int fd)
+/* Send one record (and PAYLOAD, and FD and SOCK as SCM_RIGHTS if FD >= 0) to the
+ * guardian. 0/-errno. */
+static int g_send(const struct g_rec *rec, const void *payload, size_t len, int fd, int sock)
 {
     struct iovec iov[2] = { { (void *)rec, sizeof(*rec) }, { (void *)payload, len } };
-    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } ctl;
+    union { char buf[CMSG_SPACE(2 * sizeof(int))]; struct cmsghdr align; } ctl;
+    int fds[2] = { fd, sock };
     struct msghdr mh;
     ssize_t n;
 
@@ -235,8 +241,8 @@ static int g_send(const struct g_rec *rec, const void *payload, size_t len, int 
         c = CMSG_FIRSTHDR(&mh);
         c->cmsg_level = SOL_SOCKET;
         c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(c), &fd, sizeof(int));
+        c->cmsg_len = CMSG_LEN(2 * sizeof(int));
+        memcpy(CMSG_DATA(c), fds, 2 * sizeof(int));
     }
     do
         n = sendmsg(G.sock, &mh, MSG_NOSIGNAL);
@@ -258,11 +264,11 @@ static int g_send_slot(int i)
     rec.expect = s->plan->expect;
     rec.len = s->plan->len;
     G.expired[i] = 0;
-    err = g_send(&rec, s->plan->buf, s->plan->len, s->fd);
+    err = g_send(&rec, s->plan->buf, s->plan->len, s->fd, s->sock);
     if (err == 0 && s->armed) {
         rec.type = G_BUFFER;
         rec.seq = s->seq;
-        err = g_send(&rec, NULL, 0, -1);
+        err = g_send(&rec, NULL, 0, -1, -1);
     }
     return err;
 }
@@ -292,7 +298,7 @@ static int gone(int err)
     return err == -EPIPE || err == -ECONNRESET || err == -ENOTCONN;
 }
 
-int pq_guard_register(struct pq_guard_ticket *t, const struct pq_plan *plan, int fd,
+int pq_guard_register(struct pq_guard_ticket *t, const struct pq_plan *plan, int fd, int sock,
                       uint32_t max_hold_ms)
 {
     struct pq_plan *copy = malloc(sizeof(*copy));
@@ -300,6 +306,7 @@ int pq_guard_register(struct pq_guard_ticket *t, const struct pq_plan *plan, int
 
     if (!copy) {
         close(fd);
+        close(sock);
         return -ENOMEM;
     }
     *copy = *plan;
@@ -318,9 +325,10 @@ int pq_guard_register(struct pq_guard_ticket *t, const struct pq_plan *plan, int
         g_unlock();
         free(copy);
         close(fd);
+        close(sock);
         return -ENOSPC;
     }
-    G.s[slot] = (struct g_slot){ 1, fd, 0, 0, max_hold_ms, 0, copy };
+    G.s[slot] = (struct g_slot){ 1, fd, 0, sock, 0, max_hold_ms, 0, copy };
     err = 0;
     for (tries = 0; tries < 2; tries++) {
         if (!G.pid) {
@@ -375,7 +383,7 @@ static void g_tell(const struct pq_guard_ticket *t, uint32_t type)
     rec.type = type;
     rec.slot = (uint32_t)t->slot;
     rec.seq = t->seq;
-    if (G.pid && gone(g_send(&rec, NULL, 0, -1))) {
+    if (G.pid && gone(g_send(&rec, NULL, 0, -1, -1))) {
         g_reap();
         (void)g_ensure();
     }
@@ -401,7 +409,10 @@ void pq_guard_abandon(struct pq_guard_ticket *t)
         G.s[t->slot].abandoned = 1;
         if (G.s[t->slot].fd >= 0)
             close(G.s[t->slot].fd);
+        if (G.s[t->slot].sock >= 0)
+            close(G.s[t->slot].sock);
         G.s[t->slot].fd = -1;
+        G.s[t->slot].sock = -1;
         g_unlock();
     }
     t->slot = -1;

@@ -23,10 +23,11 @@ struct pq_guard_ticket {
     uint32_t max_hold_ms;
 };
 
-/* Hand PLAN (copied) and the route socket FD (taken, closed on failure too) to this
- * process's guardian, starting it if there is none (or a new one if it died: the holds it
- * had are handed over again). 0 or -errno. */
-int pq_guard_register(struct pq_guard_ticket *t, const struct pq_plan *plan, int fd,
+/* Hand PLAN (copied), the route socket FD and the AF_UNIX socket SOCK for its gate (both
+ * in the hold's namespace; taken, closed on failure too) to this process's guardian,
+ * starting it if there is none (or a new one if it died: the holds it had are handed
+ * over again). 0 or -errno. */
+int pq_guard_register(struct pq_guard_ticket *t, const struct pq_plan *plan, int fd, int sock,
                       uint32_t max_hold_ms);
 /* Replace the plan of T's registered hold with PLAN (copied), as attach learns more of
  * what it builds. 0 or -errno (-ENOENT: not registered). */

@@ -44,37 +44,50 @@ PQ_NO_TLS static void g_forget(struct g_hold *h)
     if (!h->used)
         return;
     (void)SYS(SYS_close, h->fd, 0, 0, 0, 0, 0);
+    if (h->sock >= 0)
+        (void)SYS(SYS_close, h->sock, 0, 0, 0, 0, 0);
     h->used = 0;
     h->armed = 0;
     h->fd = -1;
+    h->sock = -1;
 }
 
 /* The holder is gone: release every hold first (nothing stays held while others drain),
- * then run the rest of each plan: stop the diversion, let it drain, remove. A plug that
- * does not drain stays, passing. Never returns. */
+ * then run the rest of each plan: stop the diversion, let it drain, remove, and past the
+ * gate what the device's holds shared if none is left. A plain plug that others use is
+ * not released: its gate comes first. A plug that does not drain stays, passing. Never
+ * returns. */
 PQ_NO_TLS static void g_undo_all(struct g_hold *H)
 {
     struct pq_plan_result r;
     int i;
 
     for (i = 0; i < G_MAX; i++)
-        if (H[i].used)
+        if (H[i].used && pq_plan_gate_phase(&H[i].plan) != PQ_PH_RELEASE)
             (void)pq_plan_phase(H[i].fd, &H[i].plan, PQ_PH_RELEASE, NULL, &r);
-    for (i = 0; i < G_MAX; i++)
-        if (H[i].used)
-            (void)pq_plan_run(H[i].fd, &H[i].plan, PQ_PH_DIVERT, G_DRAIN_MS, &r);
+    for (i = 0; i < G_MAX; i++) {
+        if (!H[i].used)
+            continue;
+        (void)pq_plan_run(H[i].fd, &H[i].plan,
+                          pq_plan_gate_phase(&H[i].plan) == PQ_PH_RELEASE ? PQ_PH_RELEASE
+                                                                          : PQ_PH_DIVERT,
+                          G_DRAIN_MS, H[i].sock, PQ_RUN_ONWARD, &r);
+        g_forget(&H[i]);           /* its socket had the device's lock: let go of it */
+    }
     g_exit();
 }
 
-/* Apply one record from the holder (FD: the socket that came with it, or -1). */
+/* Apply one record from the holder (FD, SOCK: the sockets that came with it, or -1). */
 PQ_NO_TLS static void g_apply(struct g_hold *H, const struct g_rec *r,
-                              const unsigned char *payload, size_t len, int fd)
+                              const unsigned char *payload, size_t len, int fd, int sock)
 {
     struct g_hold *h;
 
     if (r->slot >= G_MAX) {
         if (fd >= 0)
             (void)SYS(SYS_close, fd, 0, 0, 0, 0, 0);
+        if (sock >= 0)
+            (void)SYS(SYS_close, sock, 0, 0, 0, 0, 0);
         return;
     }
     h = &H[r->slot];
@@ -88,6 +101,7 @@ PQ_NO_TLS static void g_apply(struct g_hold *H, const struct g_rec *r,
         h->plan.expect = r->expect;
         h->used = 1;
         h->fd = fd;
+        h->sock = sock;
         h->max_hold_ms = r->max_hold_ms;
         return;
     case G_UNREGISTER:
@@ -106,18 +120,20 @@ PQ_NO_TLS static void g_apply(struct g_hold *H, const struct g_rec *r,
     }
     if (fd >= 0)
         (void)SYS(SYS_close, fd, 0, 0, 0, 0, 0);
+    if (sock >= 0)
+        (void)SYS(SYS_close, sock, 0, 0, 0, 0, 0);
 }
 
 /* Read every record waiting on SOCK. 1 if the holder's end is closed (EOF), 0 if not. */
 PQ_NO_TLS static int g_read(struct g_hold *H, int sock)
 {
     for (;;) {
-        union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } ctl;
+        union { char buf[CMSG_SPACE(2 * sizeof(int))]; struct cmsghdr align; } ctl;
         struct iovec iov = { g_rbuf, sizeof(g_rbuf) };
         struct msghdr mh;
         struct cmsghdr *c;
         long n;
-        int fd = -1;
+        int fds[2] = { -1, -1 };
 
         memset(&mh, 0, sizeof(mh));
         mh.msg_iov = &iov;
@@ -130,15 +146,20 @@ PQ_NO_TLS static int g_read(struct g_hold *H, int sock)
         if (n < 0)
             return n == -EAGAIN || n == -EINTR ? 0 : 1;
         for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
-                memcpy(&fd, CMSG_DATA(c), sizeof(int));
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+                c->cmsg_len >= CMSG_LEN(sizeof(int)))
+                memcpy(fds, CMSG_DATA(c),
+                       c->cmsg_len >= CMSG_LEN(2 * sizeof(int)) ? 2 * sizeof(int)
+                                                                 : sizeof(int));
         if ((size_t)n < sizeof(struct g_rec)) {
-            if (fd >= 0)
-                (void)SYS(SYS_close, fd, 0, 0, 0, 0, 0);
+            if (fds[0] >= 0)
+                (void)SYS(SYS_close, fds[0], 0, 0, 0, 0, 0);
+            if (fds[1] >= 0)
+                (void)SYS(SYS_close, fds[1], 0, 0, 0, 0, 0);
             continue;
         }
         g_apply(H, (const struct g_rec *)g_rbuf, g_rbuf + sizeof(struct g_rec),
-                (size_t)n - sizeof(struct g_rec), fd);
+                (size_t)n - sizeof(struct g_rec), fds[0], fds[1]);
     }
 }
 

@@ -17,7 +17,7 @@
 enum { G_REGISTER = 1, G_UNREGISTER, G_BUFFER, G_RELEASE, G_READY };
 
 /* One record from holder to guardian; REGISTER is followed by the plan's bytes and carries
- * the route socket as SCM_RIGHTS. */
+ * the route socket and the gate's AF_UNIX socket as SCM_RIGHTS. */
 struct g_rec {
     uint32_t type;
     uint32_t slot;               /* the hold's slot, 0 .. G_MAX-1 */
@@ -30,6 +30,7 @@ struct g_rec {
 /* What the guardian keeps of one hold. */
 struct g_hold {
     int used, fd, armed;
+    int sock;                    /* for the plan's gate (share.h), used once */
     uint32_t max_hold_ms, seq;
     int64_t deadline_ms;
     struct pq_plan plan;

@@ -14,18 +14,21 @@
 #include "tree.h"
 #include "hold.h"
 #include "guard.h"
+#include "share.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <net/if.h>
+#include <unistd.h>
 #include <net/if_arp.h>
 #include <linux/pkt_sched.h>
 
 #include <netlink/socket.h>
 #include <netlink/route/link.h>
 #include <netlink/route/tc.h>
+#include <netlink/route/qdisc/prio.h>
 
 /* The kernel's hard_header_len is not in netlink; Ethernet and loopback both use 14. */
 #define PQ_ETH_HLEN 14
@@ -54,6 +57,14 @@ struct plug_qdisc {
     int nterms;
     struct pq_term *terms;
     char ifb_name[IFNAMSIZ];
+    int band;                  /* the prio's band, or the ifb's number; 0 for none */
+    int pref;                  /* the filters' first preference */
+    uint32_t asked_handle;     /* as given: 0 lets attach choose */
+    /* A plain plug's user (share.h): its listening socket, -1 for none. */
+    int member;
+    unsigned long member_gen;  /* pq_fork_generation() when it joined */
+    int owner, slot;
+    int selecting_stopped;     /* pq_stop_selecting: its filters are gone */
     struct pq_plan plan;       /* how to undo what attach built */
     char *record;              /* the hold's record file, unlinked by the plan; NULL: none */
     /* The guardian. */
@@ -106,8 +117,11 @@ int pq_new(struct plug_qdisc **out, const char *device, int ifindex, uint32_t pa
         return -ENOMEM;
     pq_nl_init(&q->nl, &q->e);
     q->ticket.slot = -1;
+    q->member = -1;
+    q->slot = -1;
     q->parent = parent;
     q->handle = handle;
+    q->asked_handle = handle;
     q->asked_limit = limit;
     q->ifindex = device ? 0 : ifindex;
     if (device)
@@ -240,14 +254,12 @@ int pq_connect(struct plug_qdisc *q)
     if ((err = pq_nl_ready(&q->nl)) < 0 || (err = lookup_device(q)) < 0)
         return err;
     q->limit = q->asked_limit ? q->asked_limit : q->default_limit;
-    if (!q->ingress) {
-        /* Plain: the plug is at PARENT of the device; match mode: a band of the prio. */
-        q->pl_ifindex = q->ifindex;
-        q->pl_parent = q->nterms ? PQ_TREE_PLUG_CLASS : q->parent;
-    } else {
-        snprintf(q->ifb_name, sizeof(q->ifb_name), PQ_IFB_PREFIX "%d", q->ifindex);
-        q->pl_parent = TC_H_ROOT;      /* of the ifb, known once attach made it */
-    }
+    /* Plain: the plug is at PARENT of the device (handle 0: 1:); match mode: a band of
+     * the prio, and ingress: the root of an ifb, both chosen by attach. */
+    q->pl_ifindex = q->ingress ? 0 : q->ifindex;
+    q->pl_parent = q->ingress ? TC_H_ROOT : q->parent;
+    if (!q->ingress && !q->nterms && q->asked_handle == 0)
+        q->handle = q->asked_handle = 0x10000u;
     q->connected = 1;
     return 0;
 }
@@ -335,35 +347,89 @@ static enum pq_mode mode_of(const struct plug_qdisc *q)
     return q->ingress ? PQ_MODE_INGRESS : q->nterms ? PQ_MODE_MATCH : PQ_MODE_PLAIN;
 }
 
+/* Where the hold is and what it made, for its plan. */
+static void place_of(const struct plug_qdisc *q, struct pq_place *pl)
+{
+    memset(pl, 0, sizeof(*pl));
+    pl->mode = mode_of(q);
+    pl->ifindex = q->ifindex;
+    pl->pl_ifindex = q->pl_ifindex;
+    pl->pl_parent = q->pl_parent;
+    pl->handle = q->handle;
+    snprintf(pl->ifb, sizeof(pl->ifb), "%s", q->ifb_name);
+    pl->pref = q->pref;
+    /* Once its filters are gone their preferences may be another hold's. */
+    pl->nprefs = q->selecting_stopped ? 0 : q->nterms > 0 ? q->nterms : 1;
+    pl->owner = q->owner;
+    pl->slot = q->member >= 0 ? q->slot : -1;
+}
+
+/* An AF_UNIX socket in the handle's namespace, for the device's lock and the share checks
+ * (share.h). 0 or -errno (step SOCKET). */
+static int share_socket(struct plug_qdisc *q, int *sock)
+{
+    return pq_nl_unix_socket(&q->nl, sock);
+}
+
+/* Take the device's lock: *SOCK holds it until closed. 0 or -errno (step LOCK). */
+static int lock_device(struct plug_qdisc *q, int *sock)
+{
+    int err = share_socket(q, sock);
+
+    if (err < 0)
+        return err;
+    err = pq_share_lock(*sock, q->ifindex, PQ_LOCK_MS);
+    if (err < 0) {
+        close(*sock);
+        *sock = -1;
+        return fail(q, PQ_STEP_LOCK, err);
+    }
+    return 0;
+}
+
+/* Whether a living holder uses the plain plug PARENT/HANDLE of the device: 1 (with
+ * *OWNER: one of them removes it when the last out), 0, or -errno. */
+static int plug_users(struct plug_qdisc *q, uint32_t parent, uint32_t handle, int *owner)
+{
+    int sock, n, err = share_socket(q, &sock);
+
+    if (err < 0)
+        return err;
+    n = pq_share_others(sock, q->ifindex, parent, handle, 0, -1, owner);
+    close(sock);
+    return n;
+}
+
 /* Write the hold's plan from what is known of it now (an ingress hold's plug has no
- * steps until its ifb is made) and hand it to the guardian: all of it if attach is to
- * create what it holds with (CREATING), else its release only. Done before each object
- * attach creates, so that a death at any point of attach is undone like a death while
- * holding. 0 or -errno (step GUARD). */
+ * steps until its ifb is made) and hand it to the guardian with a socket for its gate:
+ * with the record if attach is to create what it holds with (CREATING), else without.
+ * Done before each object attach creates, so that a death at any point of attach is
+ * undone like a death while holding. 0 or -errno (step GUARD). */
 static int arm(struct plug_qdisc *q, int creating)
 {
-    struct pq_plan release;
-    int fd, err;
+    struct pq_place pl;
+    int fd, sock, err;
 
-    err = pq_hold_plan(&q->plan, mode_of(q), q->ifindex, q->pl_ifindex, q->pl_parent,
-                       q->handle, q->ifb_name, creating ? q->record : NULL);
+    place_of(q, &pl);
+    err = pq_hold_plan(&q->plan, &pl, creating ? q->record : NULL);
     if (err < 0)
         return fail(q, PQ_STEP_GUARD, err);
     if (!q->guard)
         return 0;
-    if (!creating)
-        pq_plan_prefix(&release, &q->plan, PQ_PH_DIVERT);
     if (pq_guard_registered(&q->ticket))
-        err = pq_guard_update(&q->ticket, creating ? &q->plan : &release);
-    else if ((err = pq_nl_raw_socket(&q->nl, &fd)) == 0)
-        err = pq_guard_register(&q->ticket, creating ? &q->plan : &release, fd,
-                                q->ticket.max_hold_ms);
+        err = pq_guard_update(&q->ticket, &q->plan);
+    else if ((err = pq_nl_raw_socket(&q->nl, &fd)) == 0) {
+        if ((err = share_socket(q, &sock)) < 0)
+            close(fd);
+        else
+            err = pq_guard_register(&q->ticket, &q->plan, fd, sock, q->ticket.max_hold_ms);
+    }
     return err < 0 ? fail(q, PQ_STEP_GUARD, err) : 0;
 }
 
-/* After a failed attach: take down what it made, with its plan (each phase, whatever
- * fails), and stop guarding. Returns ERR, keeping its facts. */
-static int undo(struct plug_qdisc *q, int err)
+/* After a failed attach, with the device's lock in SOCK: take down what it made, with its
+ * plan (each phase, whatever fails), and stop guarding. Returns ERR, keeping its facts. */
+static int undo(struct plug_qdisc *q, int err, int sock)
 {
     int fd = nl_socket_get_fd(q->nl.sk);
     struct pq_plan_result r;
@@ -371,19 +437,67 @@ static int undo(struct plug_qdisc *q, int err)
     KEEPING_ERROR(q, {
         (void)pq_plan_phase(fd, &q->plan, PQ_PH_RELEASE, NULL, &r);
         (void)pq_plan_phase(fd, &q->plan, PQ_PH_DIVERT, NULL, &r);
-        (void)pq_plan_run(fd, &q->plan, PQ_PH_REMOVE, 0, &r);
+        (void)pq_plan_run(fd, &q->plan, PQ_PH_REMOVE, 0, sock, PQ_RUN_LOCKED, &r);
     });
     pq_guard_unregister(&q->ticket);
     return err;
 }
 
-/* A plain hold: make the plug at PARENT, or adopt ours, or take another qdisc's place if
- * REPLACE. *CREATED says which. 0 or -errno. */
-static int attach_plain(struct plug_qdisc *q, int replace, int *created)
+/* Leave the users of our plain plug (if we joined them). */
+static void leave_plug(struct plug_qdisc *q)
+{
+    /* A forked child's copy is the parent's socket: not its to close (the fd number may
+     * even be another file by now, after an exec-less close) */
+    if (q->member >= 0 && q->member_gen == pq_fork_generation())
+        close(q->member);
+    q->member = -1;
+    q->slot = -1;
+}
+
+/* Join the users of the plain plug at our place, as an OWNER or not. 0 or -errno. */
+static int join_plug(struct plug_qdisc *q, int owner)
+{
+    int err = share_socket(q, &q->member);
+
+    if (err < 0)
+        return err;
+    q->owner = owner;
+    q->member_gen = pq_fork_generation();
+    err = pq_share_join(q->member, q->ifindex, q->parent, q->handle, owner, &q->slot);
+    if (err < 0) {
+        leave_plug(q);
+        return fail(q, PQ_STEP_SHARE, err);
+    }
+    return 0;
+}
+
+/* Is the qdisc QD in our way a living hold's? The prio of selective holds with a plug in
+ * it, or a plain plug with a living user: -EBUSY (step IN_USE, found_*), else 0. */
+static int in_use(struct plug_qdisc *q, struct rtnl_qdisc *qd, uint32_t parent)
+{
+    const char *kind = rtnl_tc_get_kind(TC_CAST(qd));
+    uint32_t h = rtnl_tc_get_handle(TC_CAST(qd));
+    int n = 0;
+
+    if (kind && strcmp(kind, "prio") == 0 && h == PQ_TREE_HANDLE)
+        n = pq_scan_tree_plugs(nl_socket_get_fd(q->nl.sk), q->ifindex);
+    else if (kind && strcmp(kind, "plug") == 0)
+        n = plug_users(q, parent, h, NULL);
+    if (n < 0)
+        return fail(q, PQ_STEP_INSPECT, n);
+    if (n == 0)
+        return 0;
+    pq_plug_note_found(&q->e, qd);
+    return fail(q, PQ_STEP_IN_USE, -EBUSY);
+}
+
+/* A plain hold, under the device's lock: make the plug at PARENT, or adopt ours (joining
+ * its users), or take another qdisc's place if REPLACE. *CREATED says which. 0 or -errno. */
+static int attach_plain(struct plug_qdisc *q, int replace, int *created, int sock)
 {
     struct rtnl_qdisc *qd = NULL;
     uint32_t there;
-    int err, adopt = 0, flags = NLM_F_CREATE | NLM_F_EXCL;
+    int err, adopt = 0, owner = 1, flags = NLM_F_CREATE | NLM_F_EXCL;
 
     err = pq_nl_get_qdisc(&q->nl, q->ifindex, q->parent, &qd);
     if (err < 0)
@@ -393,12 +507,18 @@ static int attach_plain(struct plug_qdisc *q, int replace, int *created)
     if (there == 0) {
         /* nothing, or the device's default: make ours */
     } else if (pq_plug_is(qd, q->handle)) {
-        /* Ours from an earlier run. A second attach keeps knowing that it created it. */
+        /* A plug with our handle: ours to share. Its last user out removes it if one of
+         * its users made it (an owner is alive), else (tc made it) only releases it. */
         adopt = 1;
-        *created = q->attached && q->created;
+        *created = 0;
+        err = plug_users(q, q->parent, q->handle, &owner);
+        if (err < 0)
+            err = fail(q, PQ_STEP_INSPECT, err);
     } else if (!replace) {
         pq_plug_note_found(&q->e, qd);
         err = fail(q, PQ_STEP_OCCUPIED, -EEXIST);
+    } else if ((err = in_use(q, qd, q->parent)) < 0) {
+        /* never replace what a living hold uses */
     } else if (there == q->handle) {
         /* Same handle, other kind: the kernel takes a replace as a change of that qdisc
          * and refuses the kind ("Invalid qdisc name"). Delete it, then create ours. */
@@ -413,67 +533,217 @@ static int attach_plain(struct plug_qdisc *q, int replace, int *created)
     }
     if (qd)
         rtnl_qdisc_put(qd);
-    if (err < 0 || (q->attached ? 0 : (err = arm(q, *created))) < 0)
+    if (err < 0 || (err = join_plug(q, owner)) < 0)
         return err;
+    if ((err = arm(q, *created)) < 0) {
+        leave_plug(q);
+        return err;
+    }
     err = adopt ? adopt_plug(q) : make_plug(q, flags);
-    if (err < 0 && !q->attached) {
+    if (err < 0) {
         if (!adopt)
-            return undo(q, err);
+            (void)undo(q, err, sock);
         pq_guard_unregister(&q->ticket);   /* what it adopted stays, as found */
+        leave_plug(q);
     }
     return err;
 }
 
-/* A selective (egress) or ingress hold: build the tree around a new plug, all of it or
- * nothing. 0 or -errno, step recorded. */
-static int attach_tree(struct plug_qdisc *q, int replace)
+/* The lowest handle major number from 1 that no qdisc on the device has (USED). */
+static uint32_t free_handle(const uint8_t *used)
 {
-    int err;
+    uint32_t m;
 
-    if (!q->ingress) {
-        if ((err = pq_tree_take_place(&q->nl, q->ifindex, TC_H_ROOT, replace)) < 0 ||
-            (err = arm(q, 1)) < 0)
-            return err;
-        if ((err = pq_tree_add_prio(&q->nl, q->ifindex)) < 0 ||
-            (err = make_plug(q, NLM_F_CREATE | NLM_F_EXCL)) < 0 ||
-            (err = pq_tree_add_filters(&q->nl, q->ifindex, PQ_TREE_HANDLE, q->terms,
-                                       q->nterms, PQ_TREE_PLUG_CLASS, 0)) < 0)
-            return undo(q, err);
-        return 0;
-    }
-    if ((err = pq_tree_take_place(&q->nl, q->ifindex, TC_H_INGRESS, replace)) < 0)
-        return err;
-    /* Adding (and removing) an ingress qdisc makes the kernel reset the device's egress
-     * qdiscs, purging what they hold uncounted: refuse while the egress holds packets. */
-    if ((err = pq_tree_egress_held(&q->nl, q->ifindex)) != 0)
-        return err < 0 ? fail(q, PQ_STEP_INSPECT, err) : fail(q, PQ_STEP_INGRESS, -EBUSY);
-    q->pl_ifindex = 0;                 /* no ifb yet: the plan has no plug steps */
-    if ((err = arm(q, 1)) < 0)
-        return err;
-    if ((err = pq_tree_make_ifb(&q->nl, q->ifb_name, replace, &q->pl_ifindex)) < 0 ||
-        (err = arm(q, 1)) < 0 ||       /* now with the plug on the ifb */
-        (err = make_plug(q, NLM_F_CREATE | NLM_F_EXCL)) < 0 ||
-        (err = pq_tree_add_ingress(&q->nl, q->ifindex)) < 0 ||
-        (err = pq_tree_add_filters(&q->nl, q->ifindex, PQ_INGRESS_HANDLE, q->terms, q->nterms,
-                                   0, q->pl_ifindex)) < 0)
-        return undo(q, err);
+    for (m = 1; m < 0xFFFEu; m++)
+        if (!(used[m >> 3] & (1u << (m & 7u))))
+            return m << 16;
     return 0;
 }
 
-/* Create or adopt the hold at the handle's place, then release it. The plan (and with it
- * the guardian) comes before the first object. 0 or -errno. */
+/* The handle for our plug: as asked, unless another qdisc on the device has it (-EEXIST,
+ * step HANDLE); asked 0: the lowest free one. 0 or -errno. */
+static int pick_handle(struct plug_qdisc *q, const uint8_t *used)
+{
+    uint32_t m = q->asked_handle >> 16;
+
+    if (q->asked_handle == 0) {
+        q->handle = free_handle(used);
+        return q->handle ? 0 : fail(q, PQ_STEP_FULL, -ENOSPC);
+    }
+    if (used[m >> 3] & (1u << (m & 7u))) {
+        q->e.found_handle = q->asked_handle;
+        return fail(q, PQ_STEP_HANDLE, -EEXIST);
+    }
+    q->handle = q->asked_handle;
+    return 0;
+}
+
+/* The preference after every filter at PARENT (1 if none), for NPREFS of ours. 0 or
+ * -errno. */
+static int pick_pref(struct plug_qdisc *q, uint32_t parent, int exists)
+{
+    int top = 0, n = q->nterms > 0 ? q->nterms : 1, err = 0;
+
+    if (exists)
+        err = pq_scan_filters(nl_socket_get_fd(q->nl.sk), q->ifindex, parent, 0, 0, NULL, 0,
+                              &top);
+    if (err < 0)
+        return fail(q, PQ_STEP_INSPECT, err);
+    if (top + n > 0xFFFF)
+        return fail(q, PQ_STEP_FULL, -ENOSPC);
+    q->pref = top + 1;
+    return 0;
+}
+
+/* A selective (egress) hold, under the device's lock: the device's prio (made if there is
+ * none), a free band, our plug in it, our filters after the others. 0 or -errno. */
+static int attach_match(struct plug_qdisc *q, int replace, int sock)
+{
+    struct rtnl_qdisc *qd = NULL;
+    uint8_t used[65536 / 8];
+    uint32_t bands;
+    int err, have_prio = 0, band;
+
+    err = pq_nl_get_qdisc(&q->nl, q->ifindex, TC_H_ROOT, &qd);
+    if (err < 0)
+        return fail(q, PQ_STEP_INSPECT, err);
+    if (qd && rtnl_tc_get_handle(TC_CAST(qd)) != 0) {
+        const char *kind = rtnl_tc_get_kind(TC_CAST(qd));
+
+        if (kind && strcmp(kind, "prio") == 0 &&
+            rtnl_tc_get_handle(TC_CAST(qd)) == PQ_TREE_HANDLE &&
+            rtnl_qdisc_prio_get_bands(qd) == PQ_TREE_BANDS) {
+            have_prio = 1;                 /* the device's other selective holds' */
+        } else if (!replace) {
+            pq_plug_note_found(&q->e, qd);
+            err = fail(q, PQ_STEP_OCCUPIED, -EEXIST);
+        } else if ((err = in_use(q, qd, TC_H_ROOT)) == 0) {
+            err = pq_tree_take_place(&q->nl, q->ifindex, TC_H_ROOT, 1);
+        }
+    }
+    if (qd)
+        rtnl_qdisc_put(qd);
+    if (err < 0 || (err = pq_tree_survey(&q->nl, q->ifindex, &bands, used)) < 0)
+        return err;
+    for (band = 2; band <= PQ_TREE_BANDS && (bands & (1u << band)); band++)
+        ;
+    if (band > PQ_TREE_BANDS)
+        return fail(q, PQ_STEP_FULL, -ENOSPC);
+    if ((err = pick_handle(q, used)) < 0 || (err = pick_pref(q, PQ_TREE_HANDLE, have_prio)) < 0)
+        return err;
+    q->band = band;
+    q->pl_ifindex = q->ifindex;
+    q->pl_parent = PQ_TREE_HANDLE | (uint32_t)band;
+    q->owner = 1;
+    if ((err = arm(q, 1)) < 0)
+        return err;
+    if ((!have_prio && (err = pq_tree_add_prio(&q->nl, q->ifindex)) < 0) ||
+        (err = make_plug(q, NLM_F_CREATE | NLM_F_EXCL)) < 0 ||
+        (err = pq_tree_add_filters(&q->nl, q->ifindex, PQ_TREE_HANDLE, q->terms, q->nterms,
+                                   q->pref, q->pl_parent, 0)) < 0)
+        return undo(q, err, sock);
+    return 0;
+}
+
+/* An ingress hold, under the device's lock: an ifb of its own with our plug, the device's
+ * ingress qdisc (made if there is none), our filters after the others. 0 or -errno. */
+static int attach_ingress(struct plug_qdisc *q, int replace, int sock)
+{
+    struct rtnl_qdisc *qd = NULL;
+    struct rtnl_link *link;
+    char prefix[IFNAMSIZ];
+    int err, shared = 0, n;
+
+    pq_tree_ifb_prefix(prefix, q->ifindex);
+    err = pq_nl_get_qdisc(&q->nl, q->ifindex, TC_H_INGRESS, &qd);
+    if (err < 0)
+        return fail(q, PQ_STEP_INSPECT, err);
+    if (qd && rtnl_tc_get_handle(TC_CAST(qd)) != 0) {
+        /* Ours if an ingress hold's ifb is there (its last one removes both at once,
+         * under the lock). */
+        n = pq_scan_links(nl_socket_get_fd(q->nl.sk), prefix, NULL);
+        if (n < 0)
+            err = fail(q, PQ_STEP_INSPECT, n);
+        shared = n > 0;
+    }
+    if (qd)
+        rtnl_qdisc_put(qd);
+    if (err == 0 && !shared) {
+        if ((err = pq_tree_take_place(&q->nl, q->ifindex, TC_H_INGRESS, replace)) < 0)
+            return err;
+        /* Adding (and removing) an ingress qdisc makes the kernel reset the device's
+         * egress qdiscs, purging what they hold uncounted: refuse while the egress holds
+         * packets. */
+        if ((err = pq_tree_egress_held(&q->nl, q->ifindex)) != 0)
+            return err < 0 ? fail(q, PQ_STEP_INSPECT, err) : fail(q, PQ_STEP_INGRESS, -EBUSY);
+    }
+    if (err < 0)
+        return err;
+    for (n = 1; n <= PQ_MAX_HOLDS; n++) {
+        if (snprintf(q->ifb_name, sizeof(q->ifb_name), "%s%d", prefix, n) >=
+            (int)sizeof(q->ifb_name))
+            return fail(q, PQ_STEP_IFB, -ENAMETOOLONG);
+        err = pq_nl_get_link(&q->nl, 0, q->ifb_name, &link);
+        if (err == -ENODEV)
+            break;
+        if (err < 0)
+            return fail(q, PQ_STEP_INSPECT, err);
+        rtnl_link_put(link);
+    }
+    if (n > PQ_MAX_HOLDS)
+        return fail(q, PQ_STEP_FULL, -ENOSPC);
+    reset_error(q);                    /* the ENODEV that said the name is free */
+    q->band = n;
+    /* The plug is alone on its ifb: by default its handle is the ifb's number. */
+    q->handle = q->asked_handle ? q->asked_handle : (uint32_t)n << 16;
+    if ((err = pick_pref(q, PQ_INGRESS_HANDLE, shared)) < 0)
+        return err;
+    q->owner = 1;
+    q->pl_ifindex = 0;                 /* no ifb yet: the plan has no plug steps */
+    if ((err = arm(q, 1)) < 0)
+        return err;
+    if ((err = pq_tree_make_ifb(&q->nl, q->ifb_name, 0, &q->pl_ifindex)) < 0 ||
+        (err = arm(q, 1)) < 0 ||       /* now with the plug on the ifb */
+        (err = make_plug(q, NLM_F_CREATE | NLM_F_EXCL)) < 0 ||
+        (!shared && (err = pq_tree_add_ingress(&q->nl, q->ifindex)) < 0) ||
+        (err = pq_tree_add_filters(&q->nl, q->ifindex, PQ_INGRESS_HANDLE, q->terms, q->nterms,
+                                   q->pref, 0, q->pl_ifindex)) < 0)
+        return undo(q, err, sock);
+    return 0;
+}
+
+/* Create or adopt the hold at the handle's place, then release it, under the device's
+ * lock. The plan (and with it the guardian) comes before the first object. 0 or -errno. */
 int pq_attach(struct plug_qdisc *q, int replace)
 {
-    int err, created = 1;
+    int err, created = 1, sock = -1;
 
     if (!q)
         return -EINVAL;
     err = begin(q);
-    if (err == 0 && q->attached && mode_of(q) != PQ_MODE_PLAIN)
-        err = 0;                       /* the tree is ours alone, made once */
-    else if (err == 0)
-        err = mode_of(q) == PQ_MODE_PLAIN ? attach_plain(q, replace, &created)
-                                          : attach_tree(q, replace);
+    if (err == 0 && q->attached) {
+        /* Again: the tree is ours alone, made once; a plain plug is released again. */
+        if (mode_of(q) == PQ_MODE_PLAIN)
+            err = adopt_plug(q);
+    } else if (err == 0 && (err = lock_device(q, &sock)) == 0) {
+        switch (mode_of(q)) {
+        case PQ_MODE_PLAIN:
+            err = attach_plain(q, replace, &created, sock);
+            break;
+        case PQ_MODE_MATCH:
+            err = attach_match(q, replace, sock);
+            break;
+        default:
+            err = attach_ingress(q, replace, sock);
+            break;
+        }
+        close(sock);
+        if (err < 0 && mode_of(q) != PQ_MODE_PLAIN) {
+            q->handle = q->asked_handle;   /* nothing chosen stays */
+            q->band = 0;
+            q->ifb_name[0] = '\0';
+        }
+    }
     if (err == 0 && !q->attached) {
         q->created = created;
         q->is_buffering = 0;
@@ -582,7 +852,9 @@ static void let_go(struct plug_qdisc *q)
 {
     q->attached = 0;
     q->is_buffering = 0;
+    q->selecting_stopped = 0;
     pq_guard_unregister(&q->ticket);
+    leave_plug(q);
 }
 
 /* Run the hold's plan: release, stop the diversion, wait up to TIMEOUT_MS for the drain,
@@ -591,13 +863,23 @@ static void let_go(struct plug_qdisc *q)
 int pq_detach(struct plug_qdisc *q, int timeout_ms)
 {
     struct pq_plan_result r;
-    int err;
+    int err, sock;
 
     if (!q)
         return -EINVAL;
-    if ((err = begin_attached(q)) < 0)
+    if ((err = begin_attached(q)) < 0 || (err = share_socket(q, &sock)) < 0)
         return err;
-    err = pq_plan_run(nl_socket_get_fd(q->nl.sk), &q->plan, PQ_PH_RELEASE, timeout_ms, &r);
+    err = pq_plan_run(nl_socket_get_fd(q->nl.sk), &q->plan, PQ_PH_RELEASE, timeout_ms, sock,
+                      0, &r);
+    close(sock);
+    if (err == 0 && r.shared && mode_of(q) == PQ_MODE_PLAIN && q->is_buffering &&
+        (err = send_plug(q, 0, TCQ_PLUG_RELEASE_INDEFINITE, q->limit)) < 0) {
+        /* A plain plug others use stays; but our hold ends here: what we made it hold
+         * goes on (the plug has one state for all of its users). */
+        r.phase = PQ_PH_RELEASE;
+        r.gate = 0;
+        r.kernel[0] = '\0';
+    }
     if (err < 0 && r.phase == PQ_PH_RELEASE) {
         /* Gone, or another qdisc in its place: if our plug is not there, say -ENOENT
          * (what is there in found_*) and let go of it. */
@@ -620,6 +902,28 @@ int pq_detach(struct plug_qdisc *q, int timeout_ms)
     return pq_hold_failed(&q->e, &r, err);
 }
 
+int pq_stop_selecting(struct plug_qdisc *q)
+{
+    struct pq_plan_result r;
+    int err;
+
+    if (!q)
+        return -EINVAL;
+    if ((err = begin_attached(q)) < 0)
+        return err;
+    if (mode_of(q) == PQ_MODE_PLAIN)
+        return fail(q, PQ_STEP_ARGS, -EINVAL);
+    if (q->selecting_stopped)
+        return 0;
+    memset(&r, 0, sizeof(r));
+    err = pq_plan_phase(nl_socket_get_fd(q->nl.sk), &q->plan, PQ_PH_DIVERT, NULL, &r);
+    if (err < 0)
+        return pq_hold_failed(&q->e, &r, err);
+    /* The plan no longer deletes those preferences: a later hold may have them. */
+    q->selecting_stopped = 1;
+    return arm(q, q->created);
+}
+
 /* 1 if max_hold released the current hold. */
 int pq_hold_expired(const struct plug_qdisc *q)
 {
@@ -639,6 +943,7 @@ void pq_close(struct plug_qdisc *q)
     else
         pq_guard_unregister(&q->ticket);
     free(q->record);
+    leave_plug(q);
     pq_nl_close(&q->nl);
     free(q->terms);
     free(q);
@@ -680,6 +985,21 @@ int pq_created(const struct plug_qdisc *q)
 int pq_attached(const struct plug_qdisc *q)
 {
     return q ? q->attached : 0;
+}
+
+uint32_t pq_handle(const struct plug_qdisc *q)
+{
+    return q ? q->handle : 0;
+}
+
+int pq_band(const struct plug_qdisc *q)
+{
+    return q && q->attached ? q->band : 0;
+}
+
+const char *pq_ifb(const struct plug_qdisc *q)
+{
+    return q && q->attached ? q->ifb_name : "";
 }
 
 const struct pq_error *pq_last_error(const struct plug_qdisc *q)

@@ -282,7 +282,8 @@ term_address(PyObject *o, uint8_t *buf, int *has)
 }
 
 /* Fill T from the tuple plugqdisc/_match.py builds: (kind, family, ip_proto, src,
- * src_mask, dst, dst_mask, sport_lo, sport_hi, dport_lo, dport_hi, syn, mark, mark_mask).
+ * src_mask, dst, dst_mask, sport_lo, sport_hi, dport_lo, dport_hi, syn, fin, rst, mark,
+ * mark_mask).
  * 0 or -1 with an exception. */
 static int
 term_from_tuple(PyObject *tup, struct pq_term *t)
@@ -291,9 +292,9 @@ term_from_tuple(PyObject *tup, struct pq_term *t)
     int kind, has_mask;
     unsigned int sport_lo, sport_hi, dport_lo, dport_hi, mark, mark_mask;
     memset(t, 0, sizeof(*t));
-    if (!PyArg_ParseTuple(tup, "iiiOOOOIIIIpII:term", &kind, &t->family, &t->ip_proto, &src,
-                          &srcm, &dst, &dstm, &sport_lo, &sport_hi, &dport_lo, &dport_hi,
-                          &t->syn, &mark, &mark_mask))
+    if (!PyArg_ParseTuple(tup, "iiiOOOOIIIIpppII:term", &kind, &t->family, &t->ip_proto,
+                          &src, &srcm, &dst, &dstm, &sport_lo, &sport_hi, &dport_lo,
+                          &dport_hi, &t->syn, &t->fin, &t->rst, &mark, &mark_mask))
         return -1;
     t->mark = mark;
     t->mark_mask = mark_mask;
@@ -443,6 +444,8 @@ SIMPLE_METHOD(release_one, pq_release_one,
               "Release the epoch before the latest buffer() (TCQ_PLUG_RELEASE_ONE).")
 SIMPLE_METHOD(release_indefinite, pq_release_indefinite,
               "Release everything and pass traffic (TCQ_PLUG_RELEASE_INDEFINITE).")
+SIMPLE_METHOD(stop_selecting, pq_stop_selecting,
+              "Selective or ingress hold: stop selecting; what is held stays held.")
 
 PyDoc_STRVAR(set_limit_doc, "_set_limit($self, nbytes, /)\n--\n\nSet the limit in bytes (TCQ_PLUG_LIMIT).");
 static PyObject *
@@ -510,12 +513,12 @@ Qdisc_close(QdiscObject *self, PyObject *unused)
 /* Getters: what the handle last sent or learnt, copied under the lock so that a
  * concurrent close() cannot free the handle while we read it. */
 enum { G_IFINDEX, G_DEVICE, G_LIMIT, G_BUFFERING, G_CREATED, G_ATTACHED, G_CONNECTED,
-       G_EXPIRED };
+       G_EXPIRED, G_HANDLE, G_BAND, G_IFB };
 
 struct snapshot {
-    long ifindex, buffering, created, attached, connected, expired;
-    unsigned long limit;
-    char device[32];
+    long ifindex, buffering, created, attached, connected, expired, band;
+    unsigned long limit, handle;
+    char device[32], ifb[32];
 };
 
 static int
@@ -528,7 +531,10 @@ take_snapshot(const struct plug_qdisc *q, struct snapshot *s)
     s->attached = pq_attached(q);
     s->connected = pq_connected(q);
     s->expired = pq_hold_expired(q);
+    s->handle = pq_handle(q);
+    s->band = pq_band(q);
     snprintf(s->device, sizeof s->device, "%s", pq_device(q));
+    snprintf(s->ifb, sizeof s->ifb, "%s", pq_ifb(q));
     return 0;
 }
 
@@ -567,6 +573,12 @@ Qdisc_get(QdiscObject *self, void *which)
         return PyBool_FromLong(s.buffering);
     case G_CREATED:
         return PyBool_FromLong(s.created);
+    case G_HANDLE:
+        return PyLong_FromUnsignedLong(s.handle);
+    case G_BAND:
+        return PyLong_FromLong(s.band);
+    case G_IFB:
+        return PyUnicode_DecodeFSDefault(s.ifb);
     default:
         return PyBool_FromLong(s.attached);
     }
@@ -589,6 +601,7 @@ static PyMethodDef Qdisc_methods[] = {
     {"_release_one", (PyCFunction)Qdisc_release_one, METH_NOARGS, release_one_doc},
     {"_release_indefinite", (PyCFunction)Qdisc_release_indefinite, METH_NOARGS,
      release_indefinite_doc},
+    {"_stop_selecting", (PyCFunction)Qdisc_stop_selecting, METH_NOARGS, stop_selecting_doc},
     {"_set_limit", (PyCFunction)Qdisc_set_limit, METH_O, set_limit_doc},
     {"_stats", (PyCFunction)Qdisc_stats, METH_NOARGS, stats_doc},
     {"_detach", (PyCFunction)Qdisc_detach, METH_O, detach_doc},
@@ -613,6 +626,12 @@ static PyGetSetDef Qdisc_getset[] = {
      (void *)G_CREATED},
     {"attached", (getter)Qdisc_get, NULL, "whether attach succeeded (and no detach since)",
      (void *)G_ATTACHED},
+    {"handle_id", (getter)Qdisc_get, NULL, "the plug's handle (a number): as given, or the "
+     "one attach chose; 0 while not chosen", (void *)G_HANDLE},
+    {"band", (getter)Qdisc_get, NULL, "a selective hold's band of the device's prio, an "
+     "ingress hold's ifb number; 0 otherwise", (void *)G_BAND},
+    {"ifb", (getter)Qdisc_get, NULL, "an ingress hold's ifb device ('' otherwise)",
+     (void *)G_IFB},
     {"closed", (getter)Qdisc_get_closed, NULL, "whether close() was called", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -824,7 +843,7 @@ add_constants(PyObject *module)
     int i;
 
     if (PyModule_AddIntConstant(module, "TREE_HANDLE", (long)PQ_TREE_HANDLE) < 0 ||
-        PyModule_AddIntConstant(module, "TREE_PLUG_CLASS", (long)PQ_TREE_PLUG_CLASS) < 0 ||
+        PyModule_AddIntConstant(module, "MAX_HOLDS", PQ_MAX_HOLDS) < 0 ||
         PyModule_AddIntConstant(module, "TERM_FLOWER", PQ_TERM_FLOWER) < 0 ||
         PyModule_AddIntConstant(module, "TERM_MARK", PQ_TERM_MARK) < 0 ||
         PyModule_AddIntConstant(module, "MODE_PLAIN", PQ_MODE_PLAIN) < 0 ||

@@ -10,6 +10,7 @@
  */
 #define _GNU_SOURCE
 #include "nl.h"
+#include "share.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -250,6 +251,17 @@ static int make_raw(void *arg)
     return 0;
 }
 
+/* pq_in_netns maker: an AF_UNIX socket for share.h, its fd into *(int *)ARG. */
+static int make_unix(void *arg)
+{
+    int fd = pq_share_socket();
+
+    if (fd < 0)
+        return fd;
+    *(int *)arg = fd;
+    return 0;
+}
+
 /* Run MAKE in NL's namespace; a failure of the switch is step NETNS, MAKE's own SOCKET. */
 static int in_namespace(struct pq_nl *nl, int (*make)(void *), void *arg)
 {
@@ -296,6 +308,12 @@ int pq_nl_raw_socket(struct pq_nl *nl, int *fd)
 {
     *fd = -1;
     return in_namespace(nl, make_raw, fd);
+}
+
+int pq_nl_unix_socket(struct pq_nl *nl, int *fd)
+{
+    *fd = -1;
+    return in_namespace(nl, make_unix, fd);
 }
 
 /* ---- requests ------------------------------------------------------------------------ */

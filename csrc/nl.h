@@ -37,6 +37,9 @@ void pq_nl_close(struct pq_nl *nl);
 /* A plain NETLINK_ROUTE socket (SOCK_CLOEXEC) in NL's namespace, for the plan's runner and
  * the guardian. 0 or -errno (step NETNS or SOCKET). */
 int pq_nl_raw_socket(struct pq_nl *nl, int *fd);
+/* An AF_UNIX stream socket (non-blocking, SOCK_CLOEXEC) in NL's namespace, for the
+ * device's lock and a plain plug's users (share.h). 0 or -errno (step NETNS or SOCKET). */
+int pq_nl_unix_socket(struct pq_nl *nl, int *fd);
 
 /* Record a failure at STEP (ERR negative) in E; returns ERR. */
 int pq_fail(struct pq_error *e, enum pq_step step, int err);

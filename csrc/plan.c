@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include "plan.h"
+#include "share.h"
 #include "sys.h"
 
 #include <fcntl.h>
@@ -16,6 +17,7 @@
 #include <sys/socket.h>
 #include <linux/gen_stats.h>
 #include <linux/if_link.h>
+#include <linux/tc_act/tc_mirred.h>
 #include <linux/netlink.h>
 #include <linux/pkt_sched.h>
 #include <linux/rtnetlink.h>
@@ -73,6 +75,21 @@ int pq_plan_add_file(struct pq_plan *p, enum pq_phase phase, const char *path)
     return 0;
 }
 
+int pq_plan_add_gate(struct pq_plan *p, enum pq_phase phase, const struct pq_gate *g)
+{
+    struct pq_plan_step st;
+
+    if (p->len + STEP_SIZE(sizeof(*g)) > PQ_PLAN_MAX)
+        return -ENOSPC;
+    st.phase = (uint16_t)phase;
+    st.flags = PQ_PF_GATE;
+    st.len = (uint32_t)sizeof(*g);
+    memcpy(p->buf + p->len, &st, sizeof(st));
+    memcpy(p->buf + p->len + sizeof(st), g, sizeof(*g));
+    p->len += (uint32_t)STEP_SIZE(sizeof(*g));
+    return 0;
+}
+
 /* The step at OFF of P, or NULL past the end (or a step that does not fit: a message
  * shorter than its header, a path without its NUL). */
 PQ_NO_TLS static const struct pq_plan_step *step_at(const struct pq_plan *p, uint32_t off)
@@ -83,9 +100,29 @@ PQ_NO_TLS static const struct pq_plan_step *step_at(const struct pq_plan *p, uin
         st->len > PQ_MSG_MAX)
         return NULL;
     if (st->flags & PQ_PF_FILE ? st->len < 2 || ((const char *)(st + 1))[st->len - 1] != '\0'
-                               : st->len < NLMSG_HDRLEN)
+        : st->flags & PQ_PF_GATE ? st->len != sizeof(struct pq_gate)
+                                 : st->len < NLMSG_HDRLEN)
         return NULL;
     return st;
+}
+
+/* P's gate, or NULL. */
+PQ_NO_TLS static const struct pq_plan_step *gate_of(const struct pq_plan *p)
+{
+    const struct pq_plan_step *st;
+    uint32_t off;
+
+    for (off = 0; (st = step_at(p, off)); off += (uint32_t)STEP_SIZE(st->len))
+        if (st->flags & PQ_PF_GATE)
+            return st;
+    return NULL;
+}
+
+PQ_NO_TLS int pq_plan_gate_phase(const struct pq_plan *p)
+{
+    const struct pq_plan_step *st = gate_of(p);
+
+    return st ? (int)st->phase : -1;
 }
 
 PQ_NO_TLS int pq_plan_has(const struct pq_plan *p, enum pq_phase phase)
@@ -94,7 +131,7 @@ PQ_NO_TLS int pq_plan_has(const struct pq_plan *p, enum pq_phase phase)
     uint32_t off;
 
     for (off = 0; (st = step_at(p, off)); off += (uint32_t)STEP_SIZE(st->len))
-        if (st->phase == phase)
+        if (st->phase == phase && !(st->flags & PQ_PF_GATE))
             return 1;
     return 0;
 }
@@ -289,7 +326,7 @@ PQ_NO_TLS int pq_plan_phase(int fd, const struct pq_plan *p, enum pq_phase phase
     for (off = 0; (st = step_at(p, off)); off += (uint32_t)STEP_SIZE(st->len)) {
         int err;
 
-        if (st->phase != phase)
+        if (st->phase != phase || (st->flags & PQ_PF_GATE))
             continue;
         if (st->flags & PQ_PF_FILE)
             err = (int)PQ_SYS(SYS_unlinkat, AT_FDCWD, (const char *)(st + 1), 0, 0, 0, 0);
@@ -316,13 +353,294 @@ PQ_NO_TLS static int failed(struct pq_plan_result *r, enum pq_phase phase, int e
     return err;
 }
 
-PQ_NO_TLS int pq_plan_run(int fd, const struct pq_plan *p, enum pq_phase from, int timeout_ms,
-                          struct pq_plan_result *r)
+/* ---- scans: dumps read with raw syscalls ---------------------------------------------- */
+
+/* What a scan looks for, and what it found. */
+struct scan {
+    int type;                   /* RTM_GETQDISC, RTM_GETLINK, RTM_GETTFILTER */
+    int ifindex;
+    uint32_t parent, classid;
+    int redirect;
+    const char *prefix, *self;
+    uint16_t *prefs;
+    int max, found, top;
+};
+
+/* The attribute TYPE among the LEN bytes of attributes at A, or NULL. */
+PQ_NO_TLS static const struct rtattr *attr_in(const struct rtattr *a, int len, int type)
 {
+    for (; RTA_OK(a, len); a = RTA_NEXT(a, len))
+        if ((a->rta_type & NLA_TYPE_MASK) == type)
+            return a;
+    return NULL;
+}
+
+PQ_NO_TLS static int starts_with(const char *s, size_t n, const char *prefix)
+{
+    size_t i;
+
+    for (i = 0; prefix[i]; i++)
+        if (i >= n || s[i] != prefix[i])
+            return 0;
+    return 1;
+}
+
+/* Whether the action list LIST (TCA_*_ACT) has a mirred action redirecting to IFINDEX. */
+PQ_NO_TLS static int redirects_to(const struct rtattr *list, int ifindex)
+{
+    const struct rtattr *act = RTA_DATA(list);
+    int len = (int)RTA_PAYLOAD(list);
+
+    for (; RTA_OK(act, len); act = RTA_NEXT(act, len)) {
+        const struct rtattr *opts = attr_in(RTA_DATA(act), (int)RTA_PAYLOAD(act),
+                                            TCA_ACT_OPTIONS);
+        const struct rtattr *parms =
+            opts ? attr_in(RTA_DATA(opts), (int)RTA_PAYLOAD(opts), TCA_MIRRED_PARMS) : NULL;
+        struct tc_mirred m;
+
+        if (!parms || RTA_PAYLOAD(parms) < sizeof(m))
+            continue;
+        memcpy(&m, RTA_DATA(parms), sizeof(m));
+        if ((int)m.ifindex == ifindex)
+            return 1;
+    }
+    return 0;
+}
+
+/* Look at one message of a dump. */
+PQ_NO_TLS static void scan_one(struct scan *sc, const struct nlmsghdr *h)
+{
+    if (h->nlmsg_type == RTM_NEWLINK && sc->type == RTM_GETLINK) {
+        const struct ifinfomsg *ifi = NLMSG_DATA(h);
+        const struct rtattr *name = attr_in(
+            (const struct rtattr *)((const char *)ifi + NLMSG_ALIGN(sizeof(*ifi))),
+            (int)h->nlmsg_len - NLMSG_LENGTH(sizeof(*ifi)), IFLA_IFNAME);
+
+        if (name && starts_with(RTA_DATA(name), RTA_PAYLOAD(name), sc->prefix) &&
+            !(sc->self && starts_with(RTA_DATA(name), RTA_PAYLOAD(name), sc->self) &&
+              RTA_PAYLOAD(name) > strlen(sc->self) &&
+              ((const char *)RTA_DATA(name))[strlen(sc->self)] == '\0'))
+            sc->found++;
+        return;
+    }
+    if (h->nlmsg_type == RTM_NEWQDISC && sc->type == RTM_GETQDISC) {
+        const struct tcmsg *tcm = NLMSG_DATA(h);
+        const struct rtattr *kind = attr_in(
+            (const struct rtattr *)((const char *)tcm + NLMSG_ALIGN(sizeof(*tcm))),
+            (int)h->nlmsg_len - NLMSG_LENGTH(sizeof(*tcm)), TCA_KIND);
+
+        if (tcm->tcm_ifindex == sc->ifindex && TC_H_MAJ(tcm->tcm_parent) == sc->parent &&
+            tcm->tcm_parent != TC_H_ROOT && kind && RTA_PAYLOAD(kind) >= 5 &&
+            memcmp(RTA_DATA(kind), "plug", 5) == 0)
+            sc->found++;
+        return;
+    }
+    if (h->nlmsg_type == RTM_NEWTFILTER && sc->type == RTM_GETTFILTER) {
+        const struct tcmsg *tcm = NLMSG_DATA(h);
+        const struct rtattr *a = (const struct rtattr *)((const char *)tcm +
+                                                         NLMSG_ALIGN(sizeof(*tcm)));
+        int len = (int)h->nlmsg_len - NLMSG_LENGTH(sizeof(*tcm));
+        const struct rtattr *opts = attr_in(a, len, TCA_OPTIONS), *o;
+        const struct rtattr *kind = attr_in(a, len, TCA_KIND);
+        int pref = (int)(TC_H_MAJ(tcm->tcm_info) >> 16), ours = 0, olen;
+
+        if (tcm->tcm_ifindex != sc->ifindex || tcm->tcm_parent != sc->parent)
+            return;
+        if (pref > sc->top)
+            sc->top = pref;
+        if (!sc->classid && !sc->redirect)
+            ours = 1;
+        if (opts && (sc->classid || sc->redirect)) {
+            /* Every classifier we use (flower, fw, matchall) has its classid at 1; the
+             * actions are at TCA_FLOWER_ACT, TCA_FW_ACT, TCA_MATCHALL_ACT by kind. */
+            int act = 0;
+
+            if (kind && starts_with(RTA_DATA(kind), RTA_PAYLOAD(kind), "flower"))
+                act = TCA_FLOWER_ACT;
+            else if (kind && starts_with(RTA_DATA(kind), RTA_PAYLOAD(kind), "fw"))
+                act = TCA_FW_ACT;
+            else if (kind && starts_with(RTA_DATA(kind), RTA_PAYLOAD(kind), "matchall"))
+                act = TCA_MATCHALL_ACT;
+            olen = (int)RTA_PAYLOAD(opts);
+            if (sc->classid && (o = attr_in(RTA_DATA(opts), olen, 1)) &&
+                RTA_PAYLOAD(o) >= 4) {
+                uint32_t c;
+
+                memcpy(&c, RTA_DATA(o), 4);
+                ours = c == sc->classid;
+            }
+            if (sc->redirect && act && (o = attr_in(RTA_DATA(opts), olen, act)))
+                ours = redirects_to(o, sc->redirect);
+        }
+        if (!ours)
+            return;
+        /* A preference has one entry per filter there: count it once. */
+        for (olen = 0; olen < sc->found; olen++)
+            if (sc->prefs && olen < sc->max && sc->prefs[olen] == pref)
+                return;
+        if (sc->prefs && sc->found < sc->max)
+            sc->prefs[sc->found] = (uint16_t)pref;
+        sc->found++;
+    }
+}
+
+/* Dump what SC asks for on the route socket FD and look at every answer. 0 or -errno. */
+PQ_NO_TLS static int scan(int fd, struct scan *sc)
+{
+    struct sockaddr_nl kernel;
+    union {
+        struct nlmsghdr h;
+        unsigned char b[NLMSG_SPACE(sizeof(struct tcmsg))];
+    } out;
+    union { struct nlmsghdr h; unsigned char b[32768]; } in;
+    int64_t deadline = now_ms() + PQ_REPLY_MS;
+    uint32_t seq = (uint32_t)now_ms() * 64u + 63u;
+    long n;
+
+    memset(&kernel, 0, sizeof(kernel));
+    kernel.nl_family = AF_NETLINK;
+    memset(&out, 0, sizeof(out));
+    out.h.nlmsg_type = (uint16_t)sc->type;
+    out.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    out.h.nlmsg_seq = seq;
+    if (sc->type == RTM_GETLINK) {
+        out.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
+    } else {
+        struct tcmsg *t = NLMSG_DATA(&out.h);
+
+        out.h.nlmsg_len = NLMSG_LENGTH(sizeof(struct tcmsg));
+        t->tcm_family = AF_UNSPEC;
+        t->tcm_ifindex = sc->ifindex;
+        t->tcm_parent = sc->type == RTM_GETTFILTER ? sc->parent : 0;
+    }
+    n = PQ_SYS(SYS_sendto, fd, out.b, out.h.nlmsg_len, 0, &kernel, sizeof(kernel));
+    if (n < 0)
+        return (int)n;
+    for (;;) {
+        struct pollfd p = { fd, POLLIN, 0 };
+        int64_t left = deadline - now_ms();
+        struct timespec ts = { left / 1000, (left % 1000) * 1000000L };
+        struct nlmsghdr *h;
+
+        if (left <= 0)
+            return -ETIMEDOUT;
+        n = PQ_SYS(SYS_ppoll, &p, 1, &ts, 0, 0, 0);
+        if (n == -EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? (int)n : -ETIMEDOUT;
+        n = PQ_SYS(SYS_recvfrom, fd, in.b, sizeof(in.b), MSG_DONTWAIT, 0, 0);
+        if (n == -EINTR || n == -EAGAIN)
+            continue;
+        if (n < 0)
+            return (int)n;
+        for (h = &in.h; NLMSG_OK(h, (unsigned long)n); h = NLMSG_NEXT(h, n)) {
+            if (h->nlmsg_seq != seq)
+                continue;
+            if (h->nlmsg_type == NLMSG_DONE)
+                return 0;
+            if (h->nlmsg_type == NLMSG_ERROR) {
+                int err = ((struct nlmsgerr *)NLMSG_DATA(h))->error;
+
+                if (err < 0)
+                    return err;
+                continue;
+            }
+            scan_one(sc, h);
+        }
+    }
+}
+
+PQ_NO_TLS int pq_scan_tree_plugs(int fd, int ifindex)
+{
+    struct scan sc;
+    int err;
+
+    memset(&sc, 0, sizeof(sc));
+    sc.type = RTM_GETQDISC;
+    sc.ifindex = ifindex;
+    sc.parent = PQ_TREE_HANDLE;
+    err = scan(fd, &sc);
+    return err < 0 ? err : sc.found;
+}
+
+PQ_NO_TLS int pq_scan_links(int fd, const char *prefix, const char *self)
+{
+    struct scan sc;
+    int err;
+
+    memset(&sc, 0, sizeof(sc));
+    sc.type = RTM_GETLINK;
+    sc.prefix = prefix;
+    sc.self = self && self[0] ? self : NULL;
+    err = scan(fd, &sc);
+    return err < 0 ? err : sc.found;
+}
+
+PQ_NO_TLS int pq_scan_filters(int fd, int ifindex, uint32_t parent, uint32_t classid,
+                              int redirect, uint16_t *prefs, int max, int *top)
+{
+    struct scan sc;
+    int err;
+
+    memset(&sc, 0, sizeof(sc));
+    sc.type = RTM_GETTFILTER;
+    sc.ifindex = ifindex;
+    sc.parent = parent;
+    sc.classid = classid;
+    sc.redirect = redirect;
+    sc.prefs = prefs;
+    sc.max = max;
+    err = scan(fd, &sc);
+    if (top)
+        *top = sc.top;
+    return err < 0 ? err : sc.found;
+}
+
+/* ---- the gate ------------------------------------------------------------------------ */
+
+/* Take the lock (unless LOCKED) and say whether the hold may go on past G: 1 (what it
+ * shares is its alone now), 0 (others use it), or -errno. */
+PQ_NO_TLS static int pass_gate(int fd, const struct pq_gate *g, int sock, int locked)
+{
+    int n;
+
+    if (!locked && (n = pq_share_lock(sock, g->ifindex, PQ_LOCK_MS)) < 0)
+        return n;
+    switch (g->kind) {
+    case PQ_GATE_TREE:
+        n = pq_scan_tree_plugs(fd, g->ifindex);
+        break;
+    case PQ_GATE_INGRESS: {
+        char prefix[sizeof(g->prefix) + 1], self[sizeof(g->self) + 1];
+
+        memcpy(prefix, g->prefix, sizeof(g->prefix));
+        prefix[sizeof(g->prefix)] = '\0';
+        memcpy(self, g->self, sizeof(g->self));
+        self[sizeof(g->self)] = '\0';
+        n = pq_scan_links(fd, prefix, self);
+        break;
+    }
+    case PQ_GATE_PLUG:
+        n = pq_share_others(sock, g->ifindex, g->parent, g->handle, g->owner, g->slot, NULL);
+        break;
+    default:
+        n = 0;
+        break;
+    }
+    return n < 0 ? n : n == 0;
+}
+
+PQ_NO_TLS int pq_plan_run(int fd, const struct pq_plan *p, enum pq_phase from, int timeout_ms,
+                          int sock, unsigned flags, struct pq_plan_result *r)
+{
+    const struct pq_plan_step *gate = sock >= 0 ? gate_of(p) : NULL;
     int64_t start = now_ms();
-    int ph, err;
+    int ph, err, skip_from = PQ_PH_COUNT;
 
     r->err = 0;
+    r->gate = 0;
+    r->shared = 0;
     r->phase = from;
     r->held = 0;
     r->waited_ms = 0;
@@ -331,6 +649,20 @@ PQ_NO_TLS int pq_plan_run(int fd, const struct pq_plan *p, enum pq_phase from, i
         int64_t deadline = now_ms() + (ph == PQ_PH_PROBE ? (timeout_ms > 0 ? timeout_ms : 0)
                                                          : PQ_EGRESS_MS);
 
+        if (gate && gate->phase == ph && ph < PQ_PH_FORGET) {
+            err = pass_gate(fd, (const struct pq_gate *)(gate + 1), sock,
+                            (flags & PQ_RUN_LOCKED) != 0);
+            if (err < 0) {
+                r->gate = 1;
+                return failed(r, (enum pq_phase)ph, err);
+            }
+            if (err == 0) {            /* the others keep what is shared */
+                skip_from = (int)((const struct pq_gate *)(gate + 1))->skip_from;
+                r->shared = 1;
+            }
+        }
+        if (ph >= skip_from && ph < PQ_PH_FORGET)
+            continue;
         /* The release left the root qdisc scheduled (__QDISC_STATE_SCHED) until the
          * transmit softirq runs; a root qdisc deleted while scheduled makes
          * dev_deactivate_many() sleep a tick (some_qdisc_is_busy) with noop_qdisc in its
@@ -338,7 +670,8 @@ PQ_NO_TLS int pq_plan_run(int fd, const struct pq_plan *p, enum pq_phase from, i
         if (ph == PQ_PH_REMOVE && pq_plan_has(p, PQ_PH_REMOVE))
             sleep_ms(PQ_SETTLE_MS);
         if (ph != PQ_PH_PROBE && ph != PQ_PH_EGRESS) {
-            if ((err = pq_plan_phase(fd, p, (enum pq_phase)ph, NULL, r)) < 0)
+            err = pq_plan_phase(fd, p, (enum pq_phase)ph, NULL, r);
+            if (err < 0 && !(ph == PQ_PH_RELEASE && (flags & PQ_RUN_ONWARD)))
                 return failed(r, (enum pq_phase)ph, err);
             continue;
         }

@@ -47,6 +47,11 @@ static const char *const step_names[PQ_STEP_COUNT] = {
     [PQ_STEP_UNDO] = "undo",
     [PQ_STEP_GUARD] = "guard",
     [PQ_STEP_DUMP] = "dump",
+    [PQ_STEP_LOCK] = "lock",
+    [PQ_STEP_FULL] = "full",
+    [PQ_STEP_IN_USE] = "in_use",
+    [PQ_STEP_HANDLE] = "handle_taken",
+    [PQ_STEP_SHARE] = "share",
 };
 
 const char *pq_step_name(enum pq_step step)

@@ -74,6 +74,11 @@ enum pq_step {
     PQ_STEP_UNDO,       /* removing what attach added (filters, prio, ingress, ifb) */
     PQ_STEP_GUARD,      /* handing the hold to the guardian (starting it) */
     PQ_STEP_DUMP,       /* listing the namespace's qdiscs and links (pq_dump) */
+    PQ_STEP_LOCK,       /* taking the device's lock: another process kept it (EBUSY) */
+    PQ_STEP_FULL,       /* PQ_MAX_HOLDS holds of this direction are on the device (ENOSPC) */
+    PQ_STEP_IN_USE,     /* replace: what is in the way is a living hold's (EBUSY); found_* */
+    PQ_STEP_HANDLE,     /* the handle asked for is another qdisc's on the device (EEXIST) */
+    PQ_STEP_SHARE,      /* joining the users of a plain plug (EUSERS: too many) */
     PQ_STEP_COUNT
 };
 
@@ -104,6 +109,7 @@ struct pq_term {
     uint16_t sport_lo, sport_hi;     /* 0, 0: any; lo == hi: one port */
     uint16_t dport_lo, dport_hi;
     int syn;                    /* TCP SYN set and ACK clear */
+    int fin, rst;               /* TCP FIN set; TCP RST set */
     uint32_t mark, mark_mask;   /* PQ_TERM_MARK: (skb mark & mask) == mark, mark != 0 */
 };
 
@@ -134,9 +140,10 @@ int pq_connect(struct plug_qdisc *q);
  * the handle's HANDLE; the prio qdisc takes PQ_TREE_HANDLE. TERMS are copied.
  * 0 or -EINVAL, -ENOMEM. */
 #define PQ_TREE_HANDLE 0xFFFE0000u
-/* The class of the prio's second band ("fffe:2"), where a selective hold's plug hangs. */
-#define PQ_TREE_PLUG_CLASS (PQ_TREE_HANDLE | 2u)
-/* An ingress hold's ifb is called this prefix and the held device's ifindex. */
+/* Selective holds (and ingress holds) one device can have at once: the prio's bands 2 to
+ * 16, one a hold (the first band passes what no hold selects). */
+#define PQ_MAX_HOLDS 15
+/* An ingress hold's ifb is called this prefix, the held device's ifindex, "-" and n. */
 #define PQ_IFB_PREFIX "pqifb"
 int pq_set_hold(struct plug_qdisc *q, int ingress, const struct pq_term *terms, int nterms);
 
@@ -162,8 +169,12 @@ int pq_open(struct plug_qdisc **out, const char *device, int ifindex, uint32_t p
             uint32_t handle, uint32_t limit, int netns_fd);
 
 /* Create a plug qdisc at the handle's place, or adopt the plug qdisc with the same handle
- * already there; a qdisc of another kind (or handle) there gives -EEXIST unless REPLACE.
- * Afterwards traffic passes (release indefinite). Connects first if needed. */
+ * already there; a qdisc of another kind (or handle) there gives -EEXIST unless REPLACE,
+ * and -EBUSY (step IN_USE) if a living hold uses it. A selective or ingress hold takes a
+ * band (an ifb) of its own beside the device's other holds (-ENOSPC past PQ_MAX_HOLDS);
+ * HANDLE 0 lets it choose a free handle. Holds on one device take turns through the
+ * device's lock (share.h). Afterwards traffic passes (release indefinite). Connects first
+ * if needed. */
 int pq_attach(struct plug_qdisc *q, int replace);
 int pq_buffer(struct plug_qdisc *q);              /* TCQ_PLUG_BUFFER: new epoch, hold */
 int pq_release_one(struct plug_qdisc *q);         /* TCQ_PLUG_RELEASE_ONE: the previous epoch */
@@ -171,8 +182,14 @@ int pq_release_indefinite(struct plug_qdisc *q);  /* TCQ_PLUG_RELEASE_INDEFINITE
 int pq_set_limit(struct plug_qdisc *q, uint32_t limit);   /* TCQ_PLUG_LIMIT, bytes; 0 default */
 /* Read the counters of our qdisc (one RTM_GETQDISC). -ENOENT if it is no longer there. */
 int pq_get_stats(struct plug_qdisc *q, struct pq_stats *st);
-/* Release, wait up to TIMEOUT_MS for the backlog to drain, then delete the qdisc.
- * -ETIMEDOUT (qdisc left in place, passing traffic) if it did not drain: nothing is dropped. */
+/* A selective or ingress hold stops selecting: packets sent from now on pass; what it holds
+ * stays held until a release or detach. -EINVAL for a plain hold. 0 or -errno. */
+int pq_stop_selecting(struct plug_qdisc *q);
+/* Release, wait up to TIMEOUT_MS for the backlog to drain, then delete the qdisc (and,
+ * the last hold out, what the device's holds shared). A plain plug that another living
+ * holder uses is left in place (released if this handle held: a plug has one state for
+ * all of its users). -ETIMEDOUT (qdisc left in place, passing traffic) if it
+ * did not drain: nothing is dropped. */
 int pq_detach(struct plug_qdisc *q, int timeout_ms);
 /* Free the handle and its socket; the qdisc is left as it is. A hold that still holds
  * (buffering) stays registered with the guardian, which undoes it when the process dies;
@@ -189,6 +206,12 @@ uint32_t pq_limit(const struct plug_qdisc *q);
 int pq_is_buffering(const struct plug_qdisc *q);
 int pq_created(const struct plug_qdisc *q);           /* 1 if our attach created the qdisc */
 int pq_attached(const struct plug_qdisc *q);
+/* The plug's handle: as asked for, or (asked 0) the one attach chose, else 0. */
+uint32_t pq_handle(const struct plug_qdisc *q);
+/* A selective hold's band (2..16), an ingress hold's ifb number (1..15); 0 otherwise. */
+int pq_band(const struct plug_qdisc *q);
+/* An ingress hold's ifb ("" otherwise). */
+const char *pq_ifb(const struct plug_qdisc *q);
 /* The last call's failure (err 0 if it succeeded). Valid until the next call on Q. */
 const struct pq_error *pq_last_error(const struct plug_qdisc *q);
 /* A counter that moves in the child after every fork() (no syscall to read it): state
@@ -231,17 +254,19 @@ void pq_dump_free(struct pq_dump *out);
 
 /* ---- cleanup: a dead holder's hold ---- */
 
-/* What a hold is: a plug at PARENT of the device; a selective hold (the plug in band 2 of
- * the prio PQ_TREE_HANDLE at the root); an ingress hold (the plug at the root of the ifb
- * PQ_IFB_PREFIX<ifindex>, with the device's ingress qdisc). */
+/* What a hold is: a plug at PARENT of the device; a selective hold (the plug in a band of
+ * the prio PQ_TREE_HANDLE at the root); an ingress hold (the plug at the root of an ifb
+ * PQ_IFB_PREFIX<ifindex>-<n>, with the device's ingress qdisc). */
 enum pq_mode { PQ_MODE_PLAIN = 0, PQ_MODE_MATCH = 1, PQ_MODE_INGRESS = 2 };
 
 /* Adopt the hold of MODE on device IFINDEX (PARENT: a plain plug's parent) whose plug has
  * HANDLE, in the namespace NETNS_FD (-1: the calling thread's), and remove it with the
  * same plan a detach runs: release, stop the diversion, wait up to TIMEOUT_MS for the
- * drain, remove (the ingress qdisc only if the device's egress holds nothing: -EBUSY
- * otherwise). An ingress hold whose ifb is gone (its ingress qdisc left alone) loses the
- * rest. 0 or -errno with the facts in E. */
+ * drain, remove; then, if no other hold is left on the device, what they shared (the
+ * prio; the ingress qdisc only if the device's egress holds nothing: -EBUSY otherwise).
+ * A selective hold's band, an ingress hold's ifb and its filters are found from HANDLE;
+ * HANDLE 0 for an ingress hold: no ifb is left, only what the holds shared is removed.
+ * A plain plug that a living holder uses is left to it. 0 or -errno with the facts in E. */
 int pq_remove_hold(int netns_fd, int ifindex, enum pq_mode mode, uint32_t parent,
                    uint32_t handle, int timeout_ms, struct pq_error *e);
 

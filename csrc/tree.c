@@ -1,12 +1,14 @@
 /*
  * tree.c - what a selective or an ingress hold builds around the plug (see tree.h).
  *
- * Egress with terms: a prio qdisc (PQ_TREE_HANDLE, 2 bands, every priority to band 0) at
- * the device's root; the plug is the leaf of the second band (class fffe:2); one filter a
- * term sends what it selects there. Everything else goes through the first band in order,
- * never held. Ingress: an ifb device with the plug at its root, and the device's ingress
- * qdisc with a filter (matchall, or one a term) whose mirred action redirects to the ifb;
- * the ifb hands released packets back to the device's receive path, in order.
+ * Egress with terms: a prio qdisc (PQ_TREE_HANDLE, 16 bands, every priority to the first)
+ * at the device's root, shared by the device's selective holds; each hold's plug is the
+ * leaf of a band of its own (class fffe:2 .. fffe:16); its filters, one a term, send what
+ * they select there. Everything else goes through the first band in order, never held.
+ * Ingress: each hold has an ifb device of its own with its plug at the root; its filters
+ * (matchall, or one a term) on the device's shared ingress qdisc redirect to that ifb,
+ * which hands released packets back to the device's receive path, in order. A hold's
+ * filters are at preferences after all that are there: the first attached is asked first.
  */
 #define _GNU_SOURCE
 #include "tree.h"
@@ -103,6 +105,7 @@ static int put_ports(struct nl_msg *msg, const struct pq_term *t, int dst)
 static int put_flower_keys(struct nl_msg *msg, const struct pq_term *t)
 {
     int v4 = t->family == AF_INET, alen = v4 ? 4 : 16, err;
+    uint16_t flags = 0, mask = 0;
 
     if (nla_put_u16(msg, TCA_FLOWER_KEY_ETH_TYPE, htons(v4 ? ETH_P_IP : ETH_P_IPV6)) < 0)
         return -EMSGSIZE;
@@ -120,9 +123,21 @@ static int put_flower_keys(struct nl_msg *msg, const struct pq_term *t)
         return -EMSGSIZE;
     if ((err = put_ports(msg, t, 0)) < 0 || (err = put_ports(msg, t, 1)) < 0)
         return err;
-    /* A connection attempt: SYN set, ACK clear. */
-    if (t->syn && (nla_put_u16(msg, TCA_FLOWER_KEY_TCP_FLAGS, htons(0x02)) < 0 ||
-                   nla_put_u16(msg, TCA_FLOWER_KEY_TCP_FLAGS_MASK, htons(0x12)) < 0))
+    /* A connection attempt: SYN set, ACK clear; a close: FIN set; a reset: RST set. */
+    if (t->syn) {
+        flags |= 0x02;
+        mask |= 0x12;
+    }
+    if (t->fin) {
+        flags |= 0x01;
+        mask |= 0x01;
+    }
+    if (t->rst) {
+        flags |= 0x04;
+        mask |= 0x04;
+    }
+    if (mask && (nla_put_u16(msg, TCA_FLOWER_KEY_TCP_FLAGS, htons(flags)) < 0 ||
+                 nla_put_u16(msg, TCA_FLOWER_KEY_TCP_FLAGS_MASK, htons(mask)) < 0))
         return -EMSGSIZE;
     return 0;
 }
@@ -166,15 +181,15 @@ out:
 }
 
 int pq_tree_add_filters(struct pq_nl *nl, int ifindex, uint32_t parent,
-                        const struct pq_term *terms, int nterms, uint32_t classid,
+                        const struct pq_term *terms, int nterms, int pref, uint32_t classid,
                         int redirect)
 {
     int i, err;
 
     if (nterms == 0)
-        return add_filter(nl, ifindex, parent, 1, NULL, classid, redirect);
+        return add_filter(nl, ifindex, parent, pref, NULL, classid, redirect);
     for (i = 0; i < nterms; i++) {
-        err = add_filter(nl, ifindex, parent, i + 1, &terms[i], classid, redirect);
+        err = add_filter(nl, ifindex, parent, pref + i, &terms[i], classid, redirect);
         if (err < 0)
             return err;
     }
@@ -194,7 +209,7 @@ int pq_tree_add_prio(struct pq_nl *nl, int ifindex)
     if (!qd)
         return fail_on(nl, PQ_STEP_TREE, pq_nl_result(nl, err), "prio");
     memset(map, 0, sizeof(map));
-    rtnl_qdisc_prio_set_bands(qd, 2);
+    rtnl_qdisc_prio_set_bands(qd, PQ_TREE_BANDS);
     err = rtnl_qdisc_prio_set_priomap(qd, map, sizeof(map));
     err = err == 0 ? pq_nl_add_qdisc(nl, qd, NLM_F_CREATE | NLM_F_EXCL) : pq_nle_errno(err);
     rtnl_qdisc_put(qd);
@@ -291,26 +306,88 @@ int pq_tree_egress_held(struct pq_nl *nl, int ifindex)
     }
 }
 
-/* ---- the plan ------------------------------------------------------------------------- */
+/* Cache walker for pq_tree_survey. */
+struct survey {
+    int ifindex;
+    uint32_t *bands;
+    uint8_t *used;
+};
 
-int pq_tree_plan(struct pq_plan *p, int ifindex, int ingress, const char *ifb_name)
+static void survey_one(struct nl_object *obj, void *arg)
 {
-    uint32_t at = ingress ? PQ_INGRESS_HANDLE : PQ_TREE_HANDLE;
+    struct survey *sv = arg;
+    struct rtnl_tc *tc = (struct rtnl_tc *)obj;
+    uint32_t h = rtnl_tc_get_handle(tc), parent = rtnl_tc_get_parent(tc);
+
+    if (rtnl_tc_get_ifindex(tc) != sv->ifindex)
+        return;
+    if (h)
+        sv->used[h >> 19] |= (uint8_t)(1u << ((h >> 16) & 7u));
+    if (h && TC_H_MAJ(parent) == PQ_TREE_HANDLE && parent != TC_H_ROOT &&
+        TC_H_MIN(parent) < 32)
+        *sv->bands |= 1u << TC_H_MIN(parent);
+}
+
+int pq_tree_survey(struct pq_nl *nl, int ifindex, uint32_t *bands, uint8_t *used)
+{
+    struct survey sv = { ifindex, bands, used };
+    struct nl_cache *cache = NULL;
     int err;
 
-    /* Flushing the filters (preference 0: all of them) stops the diversion: packets then
-     * pass. Not deleting the ingress qdisc here: that would purge the egress. */
-    err = pq_plan_add(p, PQ_PH_DIVERT, PQ_PF_GONE_OK,
-                      pq_tc_msg(RTM_DELTFILTER, 0, ifindex, at, 0, 0, NULL));
+    *bands = 0;
+    memset(used, 0, 65536 / 8);
+    pq_nl_clear(nl);
+    err = rtnl_qdisc_alloc_cache(nl->sk, &cache);
+    if (err < 0)
+        return pq_fail(nl->e, PQ_STEP_INSPECT, pq_nl_result(nl, err));
+    nl_cache_foreach(cache, survey_one, &sv);
+    nl_cache_free(cache);
+    return 0;
+}
+
+void pq_tree_ifb_prefix(char *buf, int ifindex)
+{
+    snprintf(buf, IFNAMSIZ, PQ_IFB_PREFIX "%d-", ifindex);
+}
+
+/* ---- the plan ------------------------------------------------------------------------- */
+
+int pq_tree_plan(struct pq_plan *p, int ifindex, int ingress, const char *ifb, int pref,
+                 int nprefs)
+{
+    uint32_t at = ingress ? PQ_INGRESS_HANDLE : PQ_TREE_HANDLE;
+    struct pq_gate g;
+    int err = 0, i;
+
+    /* Deleting the hold's filters (a whole preference each) stops the diversion: its
+     * packets then pass. Never the ingress qdisc here: that would purge the egress. */
+    for (i = 0; err == 0 && i < nprefs; i++)
+        err = pq_plan_add(p, PQ_PH_DIVERT, PQ_PF_GONE_OK,
+                          pq_tc_msg(RTM_DELTFILTER, 0, ifindex, at, 0,
+                                    TC_H_MAKE((uint32_t)(pref + i) << 16, 0), NULL));
     if (err == 0 && ingress)
-        err = pq_plan_add(p, PQ_PH_PROBE, PQ_PF_GONE_OK, pq_link_msg(RTM_GETLINK, 0, ifb_name));
+        err = pq_plan_add(p, PQ_PH_PROBE, PQ_PF_GONE_OK, pq_link_msg(RTM_GETLINK, 0, ifb));
+    /* What the holds on the device share goes with the last of them: past the gate (the
+     * device's lock), the prio if no other plug is in it; at ingress, the ifb goes under
+     * the lock too (an attach then never sees the ingress qdisc without an ifb of ours),
+     * and the ingress qdisc if no other hold's ifb is there. */
+    memset(&g, 0, sizeof(g));
+    g.kind = ingress ? PQ_GATE_INGRESS : PQ_GATE_TREE;
+    g.ifindex = ifindex;
+    g.slot = -1;
+    g.skip_from = ingress ? PQ_PH_EGRESS : PQ_PH_LAST;
+    if (ingress) {
+        pq_tree_ifb_prefix(g.prefix, ifindex);
+        snprintf(g.self, sizeof(g.self), "%s", ifb);
+    }
+    if (err == 0)
+        err = pq_plan_add_gate(p, ingress ? PQ_PH_REMOVE : PQ_PH_LAST, &g);
+    if (err == 0 && ingress)
+        err = pq_plan_add(p, PQ_PH_REMOVE, PQ_PF_GONE_OK, pq_link_msg(RTM_DELLINK, 0, ifb));
     if (err == 0 && !ingress)
-        err = pq_plan_add(p, PQ_PH_REMOVE, PQ_PF_GONE_OK,
+        err = pq_plan_add(p, PQ_PH_LAST, PQ_PF_GONE_OK,
                           pq_tc_msg(RTM_DELQDISC, 0, ifindex, TC_H_ROOT, PQ_TREE_HANDLE, 0,
                                     "prio"));
-    if (err == 0 && ingress)
-        err = pq_plan_add(p, PQ_PH_REMOVE, PQ_PF_GONE_OK,
-                          pq_link_msg(RTM_DELLINK, 0, ifb_name));
     if (err == 0 && ingress)
         err = pq_plan_add(p, PQ_PH_EGRESS, PQ_PF_GONE_OK,
                           pq_tc_msg(RTM_GETQDISC, NLM_F_ECHO, ifindex, TC_H_ROOT, 0, 0, NULL));

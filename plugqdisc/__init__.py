@@ -53,6 +53,8 @@ __all__ = [
     "PlugQdisc",
     "Stats",
     "plugged",
+    "release_in_order",
+    "MAX_HOLDS",
     "attach",
     "plug_buffer",
     "release_indefinite_buffer",
@@ -67,6 +69,16 @@ MatchArg = Union[Match, Sequence[Match], None]
 
 #: How long detach() waits for released packets to leave before deleting, by default.
 DETACH_TIMEOUT = 5.0
+
+
+def __getattr__(name: str) -> int:
+    """``MAX_HOLDS``: the selective holds one device can have at once, and the ingress
+    holds (the prio qdisc's 16 bands, one of which passes what no hold selects). The C
+    core's number, read when first asked for (a source tree without the extension still
+    imports)."""
+    if name == "MAX_HOLDS":
+        return int(_plugqdisc.MAX_HOLDS)
+    raise AttributeError("module 'plugqdisc' has no attribute %r" % (name,))
 #: The longest wait the C core takes in one go (2**31-1 ms, about 24.8 days).
 _MAX_WAIT_MS = 2**31 - 1
 
@@ -164,9 +176,18 @@ def _check_mode(direction: str, match: MatchArg, parent: str, handle: int) -> bo
         raise ValueError("parent=%r: a selective or ingress hold builds its own tree at the "
                          "device's root (or ingress); leave parent='root'" % (parent,))
     if match is not None and handle == _plugqdisc.TREE_HANDLE:
-        raise ValueError("handle %s is the selective hold's own prio qdisc: choose another "
-                         "handle for the plug" % handle_text(_plugqdisc.TREE_HANDLE))
+        raise ValueError("handle %s is the selective holds' own prio qdisc: choose another "
+                         "handle for the plug, or leave it out" % handle_text(
+                             _plugqdisc.TREE_HANDLE))
     return direction == "ingress"
+
+
+def _handle_id(handle: Optional[str], match: MatchArg, direction: str) -> int:
+    """The plug's handle as a number: None is 1: for a plain hold, and 0 (attach chooses a
+    free one) for a selective or ingress hold."""
+    if handle is None:
+        return 0 if (match is not None or direction == "ingress") else 0x10000
+    return _parse_qdisc_handle(handle)
 
 
 class PlugQdisc(_plugqdisc.Qdisc):
@@ -190,7 +211,7 @@ class PlugQdisc(_plugqdisc.Qdisc):
         device: Union[str, int],
         *,
         parent: str = "root",
-        handle: str = "1:",
+        handle: Optional[str] = None,
         limit: Optional[int] = None,
         netns: Netns = None,
         match: MatchArg = None,
@@ -200,14 +221,15 @@ class PlugQdisc(_plugqdisc.Qdisc):
     ) -> None:
         _check_device(device)
         parent_id = _parse_parent(parent)
-        handle_id = _parse_qdisc_handle(handle)
+        handle_id = _handle_id(handle, match, direction)
         nbytes = _check_limit(limit)
         _check_netns(netns)
         terms = terms_of(match)
         ingress = _check_mode(direction, match, parent, handle_id)
         hold_ms = _guard.max_hold_ms(max_hold, guard)
         self._parent = parent
-        self._handle = handle
+        self._handle = handle  # None: 1: for a plain hold, chosen at attach for the others
+        self._chosen = ""  # the handle attach chose, kept after close
         self._netns = netns
         self._match = match
         self._direction = direction
@@ -227,8 +249,8 @@ class PlugQdisc(_plugqdisc.Qdisc):
         mode = "" if self._direction == "egress" else " ingress"
         if self._match is not None:
             mode += " match=%r" % (self._match,)
-        return "<PlugQdisc %s parent=%s handle=%s%s %s>" % (self.device, self._parent,
-                                                             self._handle, mode, state)
+        return "<PlugQdisc %s parent=%s handle=%s%s %s>" % (
+            self.device, self._parent, self.handle or "(chosen at attach)", mode, state)
 
     @property
     def _where(self) -> str:
@@ -236,12 +258,13 @@ class PlugQdisc(_plugqdisc.Qdisc):
         mode = "" if self._direction == "egress" else ", ingress"
         if self._match is not None:
             mode += ", selective"
-        return "%r (parent %s, handle %s%s%s)" % (self.device, self._parent, self._handle,
-                                                  mode, ns)
+        return "%r (parent %s, handle %s%s%s)" % (
+            self.device, self._parent, self.handle or "chosen at attach", mode, ns)
 
     def _failed(self, e: OSError, action: str) -> PlugQdiscError:
         dev = self.device
-        return translate(e, action, self._where, parent=self._parent, handle=self._handle,
+        return translate(e, action, self._where, parent=self._parent,
+                         handle=self.handle or "(chosen at attach)",
                          ifindex=dev if isinstance(dev, int) else 0,
                          ingress=self._direction == "ingress", netns=self._netns,
                          spelling=self._words)
@@ -276,11 +299,12 @@ class PlugQdisc(_plugqdisc.Qdisc):
                 _cli_records.forget(fresh)
                 self._record = None
             raise self._failed(e, "attach") from None
+        self._chosen = handle_text(self.handle_id)
         if fresh is not None and not self.created:
             _cli_records.forget(fresh)  # adopted: not ours to record
             self._record = None
         elif fresh is not None:
-            _cli_records.made(fresh)
+            _cli_records.made(fresh, self)
         _guard.track(self)
         return self
 
@@ -348,11 +372,45 @@ class PlugQdisc(_plugqdisc.Qdisc):
             time.sleep(pause)
             pause = min(pause * 2, 0.02)
 
+    def wait_drained(self, timeout: Optional[float] = DETACH_TIMEOUT) -> Stats:
+        """Wait until this hold holds nothing (after :meth:`release`: everything it held
+        has left it, in order), and return the stats. Raises TimeoutError after
+        ``timeout`` seconds (None or inf: forever). See :func:`release_in_order`."""
+        limit = seconds(timeout, "timeout")
+        deadline = None if limit is None else time.monotonic() + limit
+        pause = 0.0005
+        while True:
+            st = self.stats()
+            if st.qlen == 0:
+                return st
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(_errno.ETIMEDOUT, "%d packets still held on %s after %s s"
+                                   " (is it released?)" % (st.qlen, self._where, timeout))
+            time.sleep(pause)
+            pause = min(pause * 2, 0.02)
+
+    def let_new_packets_pass(self) -> None:
+        """A selective or ingress hold stops selecting: packets sent from now on pass as
+        if there were no hold, while what it holds stays held until :meth:`release` or
+        :meth:`detach`. Later packets of a held flow then overtake the held ones: a
+        deterministic reorder (see the recipes). A plain hold has nothing to stop
+        selecting: ValueError."""
+        if self._match is None and self._direction == "egress":
+            raise ValueError("let_new_packets_pass() needs a selective or ingress hold "
+                             "(match=... or direction='ingress'): a plain hold selects "
+                             "every packet of the device")
+        try:
+            self._stop_selecting()
+        except OSError as e:
+            raise self._failed(e, "let_new_packets_pass") from None
+
     def detach(self, *, timeout: Optional[float] = DETACH_TIMEOUT) -> None:
         """Release, wait (up to ``timeout`` s; None or inf: as long as it takes)
         for the backlog to drain, then delete the qdisc. Nothing held is lost: if it
         does not drain, the qdisc is left in place passing traffic and
-        PlugQdiscError (ETIMEDOUT) is raised."""
+        PlugQdiscError (ETIMEDOUT) is raised. A plain plug qdisc that other living
+        holders use (the same handle, adopted) is left to them as it is: the last one
+        out releases and removes it."""
         limit = seconds(timeout, "timeout")
         ms = _MAX_WAIT_MS if limit is None else min(int(limit * 1000), _MAX_WAIT_MS)
         _auto.stop(self)
@@ -393,21 +451,20 @@ class PlugQdisc(_plugqdisc.Qdisc):
             raise
 
     def _finish(self) -> None:
-        """Release; detach if we created the qdisc; close. Every step runs even if
-        an earlier one fails; the first error is raised. Signal handlers wait until it
-        is done (see _signals): a handler's exception arriving between two steps would
-        otherwise skip the rest, and close() would still run, leaving the tree in place."""
+        """Detach (which releases first, and leaves a plain plug that other living
+        holders use to them); close. Every step runs even if an earlier one fails; the
+        first error is raised. Signal handlers wait until it is done (see _signals): a
+        handler's exception arriving between two steps would otherwise skip the rest,
+        and close() would still run, leaving the tree in place."""
         d = _signals.Deferral()
         own = _signals.defer(d)
         errors: List[BaseException] = []
         try:
             if self.attached:
-                steps = [self.release] + ([self.detach] if self.created else [])
-                for step in steps:  # detach releases again, waits for the backlog, deletes
-                    try:
-                        step()
-                    except Exception as e:
-                        errors.append(e)
+                try:  # releases, waits for the backlog, deletes (if the last one out)
+                    self.detach()
+                except Exception as e:
+                    errors.append(e)
             self.close()
         finally:
             if own:
@@ -421,7 +478,14 @@ class PlugQdisc(_plugqdisc.Qdisc):
 
     @property
     def handle(self) -> str:
-        return self._handle
+        """The plug's handle ("1:"); a selective or ingress hold's, left out, is the one
+        attach chose ("" before)."""
+        if self._handle is not None:
+            return self._handle
+        if not self._chosen and not self.closed and self.handle_id:
+            return handle_text(self.handle_id)
+        return self._chosen if self._match is not None or self._direction == "ingress" \
+            else "1:"
 
     @property
     def netns(self) -> Netns:
@@ -509,7 +573,7 @@ class plugged:
         device: Union[str, int] = "lo",
         *,
         parent: str = "root",
-        handle: str = "1:",
+        handle: Optional[str] = None,
         limit: Optional[int] = None,
         netns: Netns = None,
         replace: bool = False,
@@ -544,6 +608,20 @@ class plugged:
                 raise
             _finish_after(self._q, cut)  # as PlugQdisc.__exit__
             raise
+
+
+def release_in_order(*holds: PlugQdisc, timeout: Optional[float] = DETACH_TIMEOUT) -> None:
+    """Release HOLDS one after another, each one's packets all gone on (its queue empty)
+    before the next is released: the order a test chooses between sessions held apart.
+    Raises TimeoutError if one does not drain within ``timeout`` seconds (the later ones
+    then stay held)."""
+    for q in holds:
+        if not isinstance(q, PlugQdisc):
+            raise TypeError("release_in_order() takes PlugQdisc holds, not %s"
+                            % type(q).__name__)
+    for q in holds:
+        q.release()
+        q.wait_drained(timeout)
 
 
 # ---- the HAProxy helper's API, on one process-wide default qdisc ----

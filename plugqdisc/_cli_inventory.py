@@ -20,7 +20,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 from . import PlugQdisc, _cli_records, _plugqdisc
 from ._errors import translate
 from ._cli_records import Record, Skipped
-from ._plugqdisc import IFB_PREFIX, TREE_HANDLE, TREE_PLUG_CLASS
+from ._plugqdisc import IFB_PREFIX, TREE_HANDLE
 from ._util import ROOT, Netns, handle_text, open_netns
 
 #: How long a released hold may take to drain before cleanup gives up on it.
@@ -95,17 +95,21 @@ class Inventory:
 
     def ifb_of(self, ifindex: int) -> Optional[int]:
         """The ifindex of the ingress hold's ifb for device IFINDEX, if there is one."""
-        i = self.index.get("%s%d" % (IFB_PREFIX, ifindex))
-        return i if i is not None and self.kinds.get(i) == "ifb" else None
+        prefix = "%s%d-" % (IFB_PREFIX, ifindex)
+        for name, i in sorted(self.index.items()):
+            if name.startswith(prefix) and self.kinds.get(i) == "ifb":
+                return i
+        return None
 
     def held_device(self, q: Qdisc) -> Tuple[int, str]:
         """(ifindex of the device whose packets plug Q holds, its mode)."""
         name = self.names.get(q.ifindex, "")
-        if (name.startswith(IFB_PREFIX) and name[len(IFB_PREFIX):].isdigit()
+        dev = name[len(IFB_PREFIX):].split("-")[0]
+        if (name.startswith(IFB_PREFIX) and dev.isdigit()
                 and self.kinds.get(q.ifindex) == "ifb" and q.parent == ROOT):
-            return int(name[len(IFB_PREFIX):]), "ingress"
-        if q.parent == TREE_PLUG_CLASS and self.find(q.ifindex, "prio", parent=ROOT,
-                                                     handle=TREE_HANDLE):
+            return int(dev), "ingress"
+        if q.parent >> 16 == TREE_HANDLE >> 16 and self.find(q.ifindex, "prio", parent=ROOT,
+                                                             handle=TREE_HANDLE):
             return q.ifindex, "match"
         return q.ifindex, "plain"
 

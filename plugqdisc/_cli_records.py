@@ -64,6 +64,9 @@ _unwritable = False  # RUN_DIR can never be written here: do not try on every at
 _NEVER_WRITABLE = (errno.EACCES, errno.EROFS)
 
 
+_serial = 0
+
+
 def _forget_me() -> None:
     global _me
     _me = None
@@ -93,7 +96,7 @@ def mode_of(q: Any) -> Tuple[str, int]:
     if q.direction == "ingress":
         return "ingress", ROOT
     if q.match is not None:
-        return "match", _plugqdisc.TREE_PLUG_CLASS
+        return "match", _plugqdisc.TREE_HANDLE | q.band
     return "plain", int(_plugqdisc.parse_handle(q.parent) or 0)
 
 
@@ -142,9 +145,14 @@ def record(q: Any) -> Optional[str]:
             pid = os.getpid()
             _me = (pid, start_time(pid))
         mode, parent = mode_of(q)
-        handle = int(_plugqdisc.parse_handle(q.handle) or 0)
+        handle = int(q.handle_id)
         ns = netns_id(q.netns)
-        path = os.path.join(RUN_DIR, place_name(ns, q.ifindex, mode, parent, handle))
+        name = place_name(ns, q.ifindex, mode, parent, handle)
+        if not handle:  # chosen by attach: several holds of one device wait for theirs
+            global _serial
+            _serial += 1
+            name += "-p%d-%d" % (_me[0], _serial)
+        path = os.path.join(RUN_DIR, name)
         body = json.dumps({"netns": ns, "ifindex": q.ifindex, "device": q.device,
                            "mode": mode, "parent": parent, "handle": handle,
                            "pid": _me[0], "start": _me[1], "state": "attaching"})
@@ -172,14 +180,18 @@ def record(q: Any) -> Optional[str]:
         return None
 
 
-def made(path: str) -> None:
-    """After the attach that wrote the record at PATH made its hold: say so (the file is
-    replaced whole, under the same name, which the hold's plan unlinks). Best effort: a
-    record left "attaching" is only ever dropped by cleanup, never acted upon."""
+def made(path: str, q: Any = None) -> None:
+    """After the attach of Q that wrote the record at PATH made its hold: say so, with
+    what attach chose (the handle, the band) (the file is replaced whole, under the same
+    name, which the hold's plan unlinks). Best effort: a record left "attaching" is only
+    ever dropped by cleanup, never acted upon."""
     try:
         with open(path) as f:
             d = json.load(f)
         d["state"] = "made"
+        if q is not None:
+            d["handle"] = int(q.handle_id)
+            d["parent"] = mode_of(q)[1]
         # a name records() does not read (it reads ns<cookie>-...), in the same folder
         tmp = os.path.join(os.path.dirname(path), ".new-" + os.path.basename(path))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)

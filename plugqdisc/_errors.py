@@ -88,6 +88,11 @@ _STEP_WORDS: Dict[str, str] = {
     "undo": "removing what the hold added",
     "guard": "handing the hold to its guardian (the process that releases it if this one dies)",
     "dump": "listing the qdiscs and links",
+    "lock": "taking the device's lock (holds on one device take turns)",
+    "full": "finding a free place for the hold",
+    "in_use": "looking at {place}",
+    "handle_taken": "choosing the plug's handle",
+    "share": "joining the other users of the plug qdisc",
 }
 
 #: The kinds of qdisc that sit at a device's ingress, and nowhere else.
@@ -127,6 +132,48 @@ def _taken_handle(e: OSError, ctx: Dict[str, str], w: Python, netns: Any) -> Opt
     return ("handle %s is taken on %s by %s, and a handle names one qdisc on a device: give "
             "the plug a free one, such as %s" % (ctx["handle"], ctx["device"], whose,
                                                  w.setting("handle", "%x:" % free)))
+
+
+def _max_holds() -> int:
+    from . import _plugqdisc
+    return int(_plugqdisc.MAX_HOLDS)
+
+
+def _ours(e: OSError) -> bool:
+    """Whether the qdisc found in the way is a hold of plugqdisc's: the selective holds'
+    prio, or a plug qdisc."""
+    from . import _plugqdisc
+    kind = str(getattr(e, "found_kind", "") or "")
+    handle = int(getattr(e, "found_handle", 0) or 0)
+    return (kind == "prio" and handle == _plugqdisc.TREE_HANDLE) or kind == "plug"
+
+
+def _what_is_there(e: OSError, ctx: Dict[str, str]) -> str:
+    """The qdisc in the way, as a hold: "the selective holds' prio qdisc (fffe:) at the
+    root of 'lo'", "a plug qdisc (handle 1:) at root of 'lo'"."""
+    from . import _plugqdisc
+    kind = ctx["found"] or "?"
+    handle = int(getattr(e, "found_handle", 0) or 0)
+    if kind == "prio" and handle == _plugqdisc.TREE_HANDLE:
+        return "%s has selective holds (their prio qdisc %s is at its root)" % (
+            ctx["device"], handle_text(handle))
+    return "%s %s qdisc (handle %s) is at %s of %s" % (
+        "an" if kind[:1] in "aeiou" and kind[:1] else "a", kind, handle_text(handle),
+        ctx["place"], ctx["device"])
+
+
+def _holders(ctx: Dict[str, str], netns: Any) -> str:
+    """", held by pid 12 (Match(...)), pid 13" from the records of the device's holds
+    that plugqdisc made; "" if there are none (best effort)."""
+    try:
+        from . import _cli_records
+        recs = [r for r in _cli_records.records(_cli_records.netns_id(netns))
+                if r.device == ctx["name"] and r.alive]
+    except Exception:  # the words must never fail the error they explain
+        return ""
+    if not recs:
+        return ""
+    return ", held by " + ", ".join(sorted({"pid %d" % r.pid for r in recs}))
 
 
 def _class_and_advice(code: int, step: str, e: OSError, ctx: Dict[str, str],
@@ -179,6 +226,43 @@ def _class_and_advice(code: int, step: str, e: OSError, ctx: Dict[str, str],
             "the parent %s does not exist on %s: create its qdisc and class first "
             "(`tc qdisc show dev %s`, `tc class show dev %s` list them), or use "
             "parent='root'" % (ctx["parent"], ctx["device"], ctx["name"], ctx["name"]))
+    if code == _errno.EBUSY and step == "lock":
+        return PlugQdiscError, (
+            "another process kept %s's lock (an abstract unix socket, "
+            "@plugqdisc/lock/IFINDEX in hex, which holds on one device take turns with) for "
+            "5 s: a plugqdisc attach or removal there is stuck (a stopped process?); `ss "
+            "-xlp | grep plugqdisc/lock` names it: let it go on, or end it" % ctx["device"])
+    if code == _errno.ENOSPC and step == "full":
+        return PlugQdiscError, (
+            "%s already has %d %s holds, the most one device can have (plugqdisc.MAX_HOLDS: "
+            "the prio qdisc's 16 bands, one for what passes): nothing was changed; combine "
+            "what two holds select into one hold (a list of Match), or end one first"
+            % (ctx["device"], _max_holds(), "ingress" if ctx["ingress"] else "selective"))
+    if code == _errno.EEXIST and step == "handle_taken":
+        return PlugQdiscError, (
+            "handle %s is another qdisc's on %s, and a handle names one qdisc on a device: "
+            "leave the handle out (plugqdisc then chooses a free one), or give another"
+            % (ctx["handle"], ctx["device"]))
+    if code == _errno.EUSERS and step == "share":
+        return PlugQdiscError, (
+            "the plug qdisc %s on %s already has 16 users (holders sharing it): end one "
+            "first" % (ctx["handle"], ctx["device"]))
+    if code == _errno.EBUSY and step == "in_use":
+        return PlugQdiscError, (
+            "%s is in use by another living hold%s, and replace=True never deletes a hold "
+            "that someone holds with: nothing was changed; wait until it ends, or, for a "
+            "selective hold, hold beside it (with a Match)"
+            % (_what_is_there(e, ctx), _holders(ctx, netns)))
+    if code == _errno.EEXIST and step == "occupied" and _ours(e):
+        # Another hold of ours is there: never advise replacing it.
+        return PlugQdiscError, (
+            "%s%s: a %s hold cannot go beside it; %s"
+            % (_what_is_there(e, ctx), _holders(ctx, netns),
+               "plain (whole-device)" if ctx["found"] == "prio" else "selective",
+               "hold what you need with a Match beside the selective holds, or wait until "
+               "they end" if ctx["found"] == "prio" else
+               "that plain hold already holds everything %s sends; share it (same handle) "
+               "or wait until it ends" % ctx["device"]))
     if code == _errno.EEXIST and step == "occupied":
         found = ctx["found"] or "?"
         # At ingress there is no other place to choose: the ingress hold's is fixed.

@@ -19,7 +19,9 @@ Address = Union[str, ipaddress.IPv4Address, ipaddress.IPv6Address, ipaddress.IPv
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 #: A port, or an inclusive range ``(low, high)``.
 Ports = Union[int, Tuple[int, int]]
-_FIELDS = ("proto", "src", "dst", "sport", "dport", "syn", "mark")
+_FIELDS = ("proto", "src", "dst", "sport", "dport", "syn", "fin", "rst", "mark")
+#: The TCP flag fields, False unless given.
+_FLAGS = ("syn", "fin", "rst")
 
 _PROTOS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 _ICMP = {4: socket.IPPROTO_ICMP, 6: socket.IPPROTO_ICMPV6}
@@ -107,37 +109,43 @@ def _mark(value: Union[int, Tuple[int, int], None], w: Python) -> Optional[Tuple
 
 def _key(w: Python, proto: Union[str, int, None], src: Optional[Address],
          dst: Optional[Address], sport: Optional[Ports], dport: Optional[Ports], syn: bool,
-         mark: Union[int, Tuple[int, int], None]) -> Tuple[Any, ...]:
+         mark: Union[int, Tuple[int, int], None], fin: bool = False,
+         rst: bool = False) -> Tuple[Any, ...]:
     """The checked, normalised fields of a Match; a refusal speaks as W spells."""
     p = _proto(proto, w)
     s, d = _network(src, "src", w), _network(dst, "dst", w)
     sp, dp = _ports(sport, "sport", w), _ports(dport, "dport", w)
-    if not isinstance(syn, bool):
-        raise TypeError("syn must be True or False, not %s" % type(syn).__name__)
+    for name, flag in (("syn", syn), ("fin", fin), ("rst", rst)):
+        if not isinstance(flag, bool):
+            raise TypeError("%s must be True or False, not %s" % (name, type(flag).__name__))
     m = _mark(mark, w)
     if s is not None and d is not None and s.version != d.version:
         raise ValueError("%s and %s are of different families: a packet is IPv4 or IPv6, "
                          "never both" % (w.setting("src", str(src)),
                                          w.setting("dst", str(dst))))
-    if syn and p not in (None, "tcp", socket.IPPROTO_TCP):
-        raise ValueError("%s selects TCP connection attempts: it cannot go with %s (drop %s, "
-                         "or use %s)" % (w.flag("syn"), w.setting("proto", proto),
-                                         w.name("proto"), w.setting("proto", "tcp")))
+    for name, flag, what in (("syn", syn, "connection attempts"),
+                             ("fin", fin, "segments that close a connection"),
+                             ("rst", rst, "segments that reset a connection")):
+        if flag and p not in (None, "tcp", socket.IPPROTO_TCP):
+            raise ValueError("%s selects TCP %s: it cannot go with %s (drop %s, or use %s)"
+                             % (w.flag(name), what, w.setting("proto", proto),
+                                w.name("proto"), w.setting("proto", "tcp")))
+    flags = syn or fin or rst
     if (sp or dp) and not (p is None or p in ("tcp", "udp") or p in _WITH_PORTS):
         raise ValueError("ports need a protocol that has them: %s has none (use %s, %s, or "
                          "no %s for both)" % (w.setting("proto", proto),
                                               w.setting("proto", "tcp"),
                                               w.setting("proto", "udp"), w.name("proto")))
-    if m is not None and (p is not None or s or d or sp or dp or syn):
+    if m is not None and (p is not None or s or d or sp or dp or flags):
         raise ValueError("%s cannot be combined with other %s: Linux 6.1's flower classifier "
                          "has no mark key and fw matches the mark alone; mark exactly the "
                          "packets to hold with your netfilter rule%s"
                          % (w.name("mark"), w.fields,
                             ", or pass %s to hold either" % w.either if w.either else ""))
-    if p is None and s is None and d is None and not (sp or dp or syn) and m is None:
+    if p is None and s is None and d is None and not (sp or dp or flags) and m is None:
         raise ValueError("Match() with no field matches everything: use match=None to "
                          "hold every packet")
-    return (p, s, d, sp, dp, syn, m)
+    return (p, s, d, sp, dp, syn, fin, rst, m)
 
 
 class Match:
@@ -148,7 +156,9 @@ class Match:
     :mod:`ipaddress` object; an interface object stands for its network); one
     pins the family, without one IPv4 and IPv6 both match. ``sport``, ``dport``: a port, or an inclusive range ``(low,
     high)``; with ``proto=None`` a port matches TCP and UDP. ``syn=True``: TCP
-    segments with SYN set and ACK clear (connection attempts). ``mark``: the
+    segments with SYN set and ACK clear (connection attempts); ``fin=True``: TCP
+    segments with FIN set (a side closing), ``rst=True``: with RST set (a reset);
+    given together, all of them must be set. ``mark``: the
     packet's fwmark, an int or ``(value, mask)``, as set by ``SO_MARK``,
     iptables ``MARK`` or nftables ``meta mark set``. Immutable and hashable; copies,
     deep copies and pickles are equal to it.
@@ -161,9 +171,10 @@ class Match:
     def __init__(self, *, proto: Union[str, int, None] = None, src: Optional[Address] = None,
                  dst: Optional[Address] = None, sport: Optional[Ports] = None,
                  dport: Optional[Ports] = None, syn: bool = False,
-                 mark: Union[int, Tuple[int, int], None] = None) -> None:
+                 mark: Union[int, Tuple[int, int], None] = None, fin: bool = False,
+                 rst: bool = False) -> None:
         object.__setattr__(self, "_key", _key(PYTHON, proto, src, dst, sport, dport, syn,
-                                              mark))
+                                              mark, fin, rst))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Match is immutable")
@@ -179,7 +190,9 @@ class Match:
         return dict(zip(_FIELDS, self._key))
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        object.__setattr__(self, "_key", tuple(state[f] for f in _FIELDS))
+        # a pickle from before fin and rst has neither
+        object.__setattr__(self, "_key", tuple(state.get(f, False) if f in _FLAGS
+                                               else state[f] for f in _FIELDS))
 
     @property
     def proto(self) -> Union[str, int, None]:
@@ -206,8 +219,16 @@ class Match:
         return self._key[5]  # type: ignore[no-any-return]
 
     @property
-    def mark(self) -> Optional[Tuple[int, int]]:
+    def fin(self) -> bool:
         return self._key[6]  # type: ignore[no-any-return]
+
+    @property
+    def rst(self) -> bool:
+        return self._key[7]  # type: ignore[no-any-return]
+
+    @property
+    def mark(self) -> Optional[Tuple[int, int]]:
+        return self._key[8]  # type: ignore[no-any-return]
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Match) and other._key == self._key
@@ -231,15 +252,15 @@ class Match:
 
     def terms(self) -> List[Term]:
         """The C core's terms for this match: one a family and protocol it covers."""
-        p, s, d, sp, dp, syn, m = self._key
+        p, s, d, sp, dp, syn, fin, rst, m = self._key
         if m is not None:
             return [(_plugqdisc.TERM_MARK, 0, -1, None, None, None, None, 0, 0, 0, 0, False,
-                     m[0], m[1])]
+                     False, False, m[0], m[1])]
         pinned = s or d
         out = []
         for version in ([pinned.version] if pinned else [4, 6]):
             family = socket.AF_INET if version == 4 else socket.AF_INET6
-            if syn or p == "tcp":
+            if syn or fin or rst or p == "tcp":
                 protos = [socket.IPPROTO_TCP]
             elif p == "udp":
                 protos = [socket.IPPROTO_UDP]
@@ -256,7 +277,7 @@ class Match:
                             d.network_address.packed if d else None,
                             d.netmask.packed if d else None,
                             sp[0] if sp else 0, sp[1] if sp else 0,
-                            dp[0] if dp else 0, dp[1] if dp else 0, syn, 0, 0))
+                            dp[0] if dp else 0, dp[1] if dp else 0, syn, fin, rst, 0, 0))
         return out
 
 
@@ -264,9 +285,11 @@ def from_options(**fields: Any) -> Match:
     """A Match from the command line's options; a refusal names them as it spells them
     (``--dport 5-10``, ``--proto tcp``)."""
     m: Match = Match.__new__(Match)
-    object.__setattr__(m, "_key", _key(COMMAND_LINE, **{f: fields.get(f) for f in _FIELDS
-                                                       if f != "syn"},
-                                       syn=bool(fields.get("syn"))))
+    object.__setattr__(m, "_key", _key(COMMAND_LINE, fields.get("proto"), fields.get("src"),
+                                       fields.get("dst"), fields.get("sport"),
+                                       fields.get("dport"), bool(fields.get("syn")),
+                                       fields.get("mark"), bool(fields.get("fin")),
+                                       bool(fields.get("rst"))))
     return m
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from typing import Iterator, List, Tuple
@@ -100,10 +101,11 @@ def test_a_kill_at_every_request_of_attach_leaves_nothing_behind(holder: str, mo
         registered_points += registered
         if not settled(before, record, registered):
             left.append("%s #%d: %r" % (syscall, n, device_state()))
-            subprocess.run(["plugqdisc", "release", "lo"], capture_output=True)
+            subprocess.run([sys.executable, "-m", "plugqdisc", "release", "lo"],
+                           capture_output=True)
             subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], capture_output=True)
             subprocess.run(["tc", "qdisc", "del", "dev", "lo", "ingress"], capture_output=True)
-            subprocess.run(["ip", "link", "del", "pqifb1"], capture_output=True)
+            subprocess.run(["ip", "link", "del", "pqifb1-1"], capture_output=True)
     else:
         pytest.fail("attach never completed within 40 requests")
     assert points >= 4 and registered_points >= 2, (points, registered_points)

@@ -177,7 +177,7 @@ def test_status_json_lists_the_three_modes() -> None:
         assert rows["plain"]["device"] == "lo" and rows["plain"]["qlen"] == 1
         assert rows["plain"]["backlog"] == 142 and rows["plain"]["drops"] == 0
         assert (rows["match"]["device"], rows["match"]["parent"]) == ("va", "fffe:2")
-        ifb = "pqifb%d" % socket.if_nametoindex("vb")
+        ifb = "pqifb%d-1" % socket.if_nametoindex("vb")
         assert (rows["ingress"]["device"], rows["ingress"]["on"]) == ("vb", ifb)
         assert rows["ingress"]["handle"] == "2:"
         assert {r["holder"] for r in rows.values()} == {os.getpid()}

@@ -256,7 +256,7 @@ def test_one_guardian_per_process_kept_until_the_process_exits() -> None:
                               and os.get_inheritable(int(fd))]
         # It reads what attach handed it when it next runs: give it that moment.
         deadline = time.monotonic() + 2
-        while len(os.listdir("/proc/%d/fd" % g)) < 7 and time.monotonic() < deadline:
+        while len(os.listdir("/proc/%d/fd" % g)) < 9 and time.monotonic() < deadline:
             time.sleep(0.01)
         out["guardian_fds"] = sorted(os.listdir("/proc/%d/fd" % g), key=int)
         with open("/proc/%d/comm" % g) as f:
@@ -282,10 +282,11 @@ def test_one_guardian_per_process_kept_until_the_process_exits() -> None:
     assert out["at_start"] == 0 and out["unguarded"] == 0
     assert out["same"] and out["after_one"]
     assert out["inheritable"] == []
-    # stdio, its end of the pair (3), the holder's pidfd, a netlink socket a hold (an
-    # ingress hold's is handed over again once its ifb exists: its number may move up)
+    # stdio, its end of the pair (3), the holder's pidfd, and for each of the two holds a
+    # netlink socket and the unix socket its plan's gate takes the device's lock with (an
+    # ingress hold's are handed over again once its ifb exists: their numbers may move up)
     fds = out["guardian_fds"]
-    assert len(fds) == 7 and fds[:4] == ["0", "1", "2", "3"], fds
+    assert len(fds) == 9 and fds[:4] == ["0", "1", "2", "3"], fds
     assert out["comm"] == "plugqdisc-guard"
     assert out["after_last"] and out["reused"]
     assert out["wait"] == "ECHILD"

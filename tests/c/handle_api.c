@@ -339,9 +339,18 @@ static void test_limit(void)
           (unsigned long long)st.qlen, (unsigned long long)st.drops);
     rc = pq_set_limit(q, 0);
     check(rc == 0 && pq_limit(q) == 65550000u, "set_limit 0 -> the default (%u)", pq_limit(q));
-    rc = pq_detach(q2, 1000);   /* detach releases first: nothing is lost */
+    /* The adopter leaves first: the creator still holds with the plug, which stays as it
+     * is (nothing released); the last one out releases and removes it. */
+    rc = pq_detach(q2, 1000);
+    n = recv_n(5, 300, 200);
+    check(rc == 0 && n == 0 && !pq_attached(q2),
+          "the adopter's detach -> %d, the creator still holds the 5 (%d arrive)", rc, n);
+    rc = pq_get_stats(q, &st);
+    check(rc == 0 && st.qlen == 5, "the plug is still there, holding (qlen %llu)",
+          (unsigned long long)st.qlen);
+    rc = pq_detach(q, 1000);   /* detach releases first: nothing is lost */
     n = recv_n(5, 1000, 200);
-    check(rc == 0 && n == 5, "detach -> %d, the 5 held arrive (%d)", rc, n);
+    check(rc == 0 && n == 5, "the last one's detach -> %d, the 5 held arrive (%d)", rc, n);
     pq_close(q2);
     pq_close(q);
 }

@@ -324,9 +324,11 @@ static void test_ingress(void)
 
     if (!q)
         return;
-    snprintf(ifb, sizeof(ifb), PQ_IFB_PREFIX "%d", lo);
+    snprintf(ifb, sizeof(ifb), PQ_IFB_PREFIX "%d-1", lo);
     rc = pq_attach(q, 0);
     check(rc == 0 && pq_created(q), "ingress attach -> %d (%s)", rc, STEP(q));
+    check(strcmp(pq_ifb(q), ifb) == 0 && pq_band(q) == 1,
+          "the first ingress hold's ifb is %s (%s, %d)", ifb, pq_ifb(q), pq_band(q));
     if (rc)
         goto out;
     rc = pq_buffer(q);
@@ -383,7 +385,7 @@ static void test_dump(void)
 
     if (!sel || !in)
         goto out;
-    snprintf(ifb, sizeof(ifb), PQ_IFB_PREFIX "%d", lo);
+    snprintf(ifb, sizeof(ifb), PQ_IFB_PREFIX "%d-1", lo);
     rc = pq_attach(sel, 0);
     check(rc == 0, "selective attach -> %d (%s)", rc, STEP(sel));
     rc = pq_attach(in, 0);
@@ -394,7 +396,7 @@ static void test_dump(void)
     r = find_qdisc(&d, lo, "prio", PQ_TREE_HANDLE);
     check(r && r->parent == ROOT, "prio fffe: at lo's root (parent %#x)", r ? r->parent : 0);
     r = find_qdisc(&d, lo, "plug", H1);
-    check(r && r->parent == PQ_TREE_PLUG_CLASS, "plug 1: on lo under fffe:2 (parent %#x)",
+    check(r && r->parent == (PQ_TREE_HANDLE | 2u), "plug 1: on lo under fffe:2 (parent %#x)",
           r ? r->parent : 0);
     r = find_qdisc(&d, lo, "ingress", INGRESS_HANDLE);
     check(r && r->parent == INGRESS_PARENT, "ingress ffff: on lo (parent %#x)",
