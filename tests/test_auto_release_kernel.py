@@ -25,6 +25,17 @@ def auto_threads() -> List[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == THREAD_NAME]
 
 
+def auto_threads_end(within: float = 5.0) -> bool:
+    """Whether the automatic release's threads are all gone within WITHIN seconds (one that
+    has just released may still be returning from it)."""
+    deadline = time.monotonic() + within
+    while auto_threads():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def udp_echo() -> Tuple[socket.socket, threading.Thread]:
     """A UDP server on lo that answers each datagram with it, upper-cased."""
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -93,7 +104,7 @@ def test_a_client_blocked_behind_the_servers_close_is_let_go_without_a_thread_of
         assert st.packets >= 2 and st.qlen == 0 and st.drops == 0  # FIN and reset, released
     assert answer == b""  # the end of the connection where an answer was expected
     assert waited < 5  # released when the reset was held, not by its timeout
-    assert auto_threads() == []
+    assert auto_threads() == []  # the block's end waited for it
     client.close(), server.close()
 
 
@@ -110,7 +121,7 @@ def test_release_after_lets_a_held_request_go_while_the_client_waits() -> None:
         waited = time.monotonic() - started
         assert waited >= 0.3  # not before the delay: the request was held
         assert q.stats().packets == 1
-        assert auto_threads() == []  # it released, and its thread is gone
+        assert auto_threads_end()  # it released, and its thread ends
     client.sendto(b"stop", ("127.0.0.1", port))
     t.join(5)
     client.close(), server.close()
@@ -133,9 +144,7 @@ def test_a_timeout_releases_all_the_same_and_the_blocks_end_raises_it() -> None:
     # The next call raises it too, when it is the first to learn of it.
     with plugged("lo", match=Match(proto="udp", dport=rx.getsockname()[1])) as q:
         q.release_when_holding(3, timeout=0.1)
-        deadline = time.monotonic() + 5
-        while auto_threads() and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert auto_threads_end()
         with pytest.raises(TimeoutError, match="0 of 3 packets held"):
             q.release()
         q.release()  # once
@@ -202,11 +211,8 @@ def test_a_forgotten_hold_is_not_kept_alive_by_its_thread() -> None:
     assert len(auto_threads()) == 1
     with pytest.warns(ResourceWarning, match="still attached when garbage-collected"):
         del q
-        gc.collect()
-    deadline = time.monotonic() + 5
-    while auto_threads() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert auto_threads() == []
+        gc.collect()  # (or the thread's own reference goes last: it finishes it then)
+        assert auto_threads_end()
     assert "prio" not in sh("tc", "qdisc", "show", "dev", "lo")  # released and detached
 
 
@@ -216,10 +222,7 @@ def test_an_error_in_the_thread_is_kept_for_the_next_call_and_never_printed(
     q.buffer()
     q.release_when_holding(5)
     sh("tc", "qdisc", "del", "dev", "lo", "root")  # the hold's tree, behind its back
-    deadline = time.monotonic() + 5
-    while auto_threads() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert auto_threads() == []  # it ended on the error ...
+    assert auto_threads_end()  # it ended on the error ...
     time.sleep(QUIET)
     assert capfd.readouterr().err == ""  # ... and printed nothing
     with pytest.raises(PlugQdiscError) as info:

@@ -167,7 +167,7 @@ def test_release_in_order_waits_for_each_backlog_to_leave() -> None:
 
 def test_let_new_packets_pass_needs_a_selective_or_ingress_hold() -> None:
     with plugged("lo") as q:
-        with pytest.raises(PlugQdiscError):
+        with pytest.raises(ValueError, match="needs a selective or ingress hold"):
             q.let_new_packets_pass()
         assert q.is_buffering
 
@@ -235,9 +235,10 @@ def test_a_plain_hold_beside_selective_holds_is_refused_and_replace_deletes_noth
             with pytest.raises(PlugQdiscError) as info:
                 plain.attach()
             assert info.value.errno == errno.EEXIST
-            for q in (a, b):  # names the holds there
-                assert q.handle in str(info.value)
-            assert "replace=True" not in str(info.value)  # no advice that deletes a hold
+            # names the holds there, and their holder
+            assert "has selective holds" in str(info.value)
+            assert "held by pid %d" % os.getpid() in str(info.value)
+            assert "pass replace=True" not in str(info.value)  # no advice to delete a hold
             with pytest.raises(PlugQdiscError) as info:
                 plain.attach(replace=True)
             assert info.value.errno == errno.EBUSY
@@ -257,8 +258,9 @@ def test_a_selective_hold_beside_a_plain_hold_is_refused_and_replace_deletes_not
             with pytest.raises(PlugQdiscError) as info:
                 sel.attach()
             assert info.value.errno == errno.EEXIST
-            assert plain.handle in str(info.value)
-            assert "replace=True" not in str(info.value)
+            assert "plug qdisc (handle 1:)" in str(info.value)
+            assert "held by pid %d" % os.getpid() in str(info.value)
+            assert "pass replace=True" not in str(info.value)
             with pytest.raises(PlugQdiscError) as info:
                 sel.attach(replace=True)
             assert info.value.errno == errno.EBUSY
