@@ -33,6 +33,7 @@ $(PY):
 venv: system $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,docs]'
+	$(PY) -m pip install -q ./chaostoolkit-plugqdisc
 
 clean:
 	rm -rf build dist *.egg-info plugqdisc/*.so bench/build docs/_build $(VENV)

@@ -688,6 +688,65 @@ def sec_multi(a: argparse.Namespace) -> dict:
     return res
 
 
+# ---- 9. remote holds (issue 16) ---------------------------------------------------------
+
+def sec_remote(a: argparse.Namespace) -> dict:
+    """A buffer + release pair over plugqdisc.remote (`ip netns exec NS` as the transport,
+    the remote end a `python -m plugqdisc hold --control` there) against a local PlugQdisc
+    on the same kind of device, turn by turn; and the skew between the first and the last of
+    4 targets to start holding (each answer carries the target's CLOCK_MONOTONIC, one clock
+    here) after one Group.buffer() against 4 buffer() calls one after another."""
+    from plugqdisc.remote import Group, RemoteHold
+
+    names = ["pqbench-r%d" % k for k in range(1, 5)]
+    for ns in names:
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        subprocess.run(["ip", "-n", ns, "link", "add", "d0", "type", "dummy"], check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", "d0", "up"], check=True)
+    py = [sys.executable, "-m", "plugqdisc"]
+    holds = [RemoteHold("d0", via=["ip", "netns", "exec", ns], command=py) for ns in names]
+    local = PlugQdisc("d0", netns=names[0])
+    res: dict = {"pairs_per_round": a.n_remote, "cues": a.n_skew,
+                 "samples_us": {"local": [], "remote": []},
+                 "skew_us": {"group": [], "sequential": []}}
+    g = Group(holds)
+    try:
+        g.attach()
+        local.attach()
+
+        def chunk(q: object) -> float:
+            t = time.perf_counter()
+            for _ in range(a.n_remote):
+                q.buffer()  # type: ignore[attr-defined]
+                q.release()  # type: ignore[attr-defined]
+            return (time.perf_counter() - t) * 1e6 / a.n_remote
+
+        remote = holds[1]
+        for r in range(a.rounds):
+            for kind in (("local", "remote") if r % 2 == 0 else ("remote", "local")):
+                res["samples_us"][kind].append(chunk(local if kind == "local" else remote))
+        for i in range(a.n_skew * 2):
+            kind = ("group", "sequential")[(i + i // 2) % 2]
+            if kind == "group":
+                g.buffer()
+            else:
+                for h in holds:
+                    h.buffer()
+            times = [h.last_time for h in holds]
+            res["skew_us"][kind].append((max(times) - min(times)) * 1e6)
+            g.release()
+        log("remote: pair local %.0f us, remote %.0f us; skew group %.0f us, sequential %.0f us"
+            % tuple(sorted(xs)[len(xs) // 2] for xs in (
+                res["samples_us"]["local"], res["samples_us"]["remote"],
+                res["skew_us"]["group"], res["skew_us"]["sequential"])))
+    finally:
+        g.close()
+        local.close()
+        for ns in names:
+            subprocess.run(["ip", "netns", "del", ns])
+    return res
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--json-out", required=True)
@@ -704,6 +763,8 @@ def main() -> int:
     p.add_argument("--udp-keep", type=int, required=True)
     p.add_argument("--latency-samples", type=int, required=True)
     p.add_argument("--n-loss", type=int, required=True)
+    p.add_argument("--n-remote", type=int, required=True)
+    p.add_argument("--n-skew", type=int, required=True)
     a = p.parse_args()
 
     result: dict = {"uml_kernel": os.uname().release, "errors": {}}
@@ -718,7 +779,7 @@ def main() -> int:
     # away from the other sections.
     for name, fn in (("ops", sec_ops), ("hold", sec_hold), ("latency", sec_latency),
                      ("modes", sec_modes), ("guard", sec_guard), ("loss", sec_loss),
-                     ("multi", sec_multi), ("links", sec_links)):
+                     ("multi", sec_multi), ("remote", sec_remote), ("links", sec_links)):
         t = time.perf_counter()
         try:
             with NetNamespace():

@@ -33,7 +33,7 @@ __version__ = "0.1.0"  # the one place: pyproject.toml reads it (setuptools attr
 import errno as _errno
 import os
 import time
-from typing import List, NamedTuple, Optional, Sequence, Union
+from typing import Any, List, NamedTuple, Optional, Sequence, Union
 
 try:
     from . import _plugqdisc
@@ -610,14 +610,17 @@ class plugged:
             raise
 
 
-def release_in_order(*holds: PlugQdisc, timeout: Optional[float] = DETACH_TIMEOUT) -> None:
+def release_in_order(*holds: Any, timeout: Optional[float] = DETACH_TIMEOUT) -> None:
     """Release HOLDS one after another, each one's packets all gone on (its queue empty)
     before the next is released: the order a test chooses between sessions held apart.
-    Raises TimeoutError if one does not drain within ``timeout`` seconds (the later ones
-    then stay held)."""
+    A hold is a :class:`PlugQdisc`, or anything with ``release()`` and
+    ``wait_drained(timeout)`` (a :class:`plugqdisc.remote.RemoteHold`). Raises
+    TimeoutError if one does not drain within ``timeout`` seconds (the later ones then
+    stay held)."""
     for q in holds:
-        if not isinstance(q, PlugQdisc):
-            raise TypeError("release_in_order() takes PlugQdisc holds, not %s"
+        if not (callable(getattr(q, "release", None)) and
+                callable(getattr(q, "wait_drained", None))):
+            raise TypeError("release_in_order() takes holds (PlugQdisc, RemoteHold), not %s"
                             % type(q).__name__)
     for q in holds:
         q.release()

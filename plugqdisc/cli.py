@@ -21,7 +21,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import Match, PlugQdisc, PlugQdiscError, Stats, __version__, lab
-from . import _cli_inventory as _inventory, _cli_records as _registry
+from . import _cli_inventory as _inventory, _cli_records as _registry, _control
 from ._errors import translate
 from ._match import from_options
 from ._words import COMMAND_LINE
@@ -165,6 +165,8 @@ def _parser() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParse
     h.add_argument("--dport", metavar="P", type=_port, help="destination port or range")
     h.add_argument("--syn", action="store_true",
                    help="TCP connection attempts only (SYN set, ACK clear)")
+    h.add_argument("--fin", action="store_true", help="TCP segments with FIN set (a side closing)")
+    h.add_argument("--rst", action="store_true", help="TCP segments with RST set (a reset)")
     h.add_argument("--mark", metavar="M", type=_mark,
                    help="packets with this fwmark: VALUE or VALUE/MASK (0x42, 0x40/0xf0)")
     h.add_argument("--ingress", action="store_true",
@@ -178,6 +180,13 @@ def _parser() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParse
     h.add_argument("--replace", action="store_true",
                    help="replace the qdisc at DEV's root (or ingress) if it is not ours; it "
                    "is deleted, with what it holds")
+    h.add_argument("--control", action="store_true",
+                   help="be the remote end of a hold (plugqdisc.remote): attach passing, then "
+                   "take commands as JSON lines on stdin and answer on stdout; end of stdin "
+                   "releases and removes the hold (docs/remote.rst)")
+    h.add_argument("--allow-transport-device", action="store_true",
+                   help="with --control: hold on the device carrying this ssh session even "
+                   "if the hold selects its packets")
 
     r = sub.add_parser("release", parents=[netns], formatter_class=raw, epilog=RELEASE_EPILOG,
                        help="release every plug qdisc on DEV",
@@ -217,8 +226,9 @@ def _match(args: argparse.Namespace) -> Optional[Match]:
     """The match the options select (None: all); a refusal names the options."""
     fields = {k: getattr(args, k) for k in ("proto", "src", "dst", "sport", "dport", "mark")
               if getattr(args, k) is not None}
-    if args.syn:
-        fields["syn"] = True
+    for flag in ("syn", "fin", "rst"):
+        if getattr(args, flag):
+            fields[flag] = True
     if fields.get("proto", "").isdigit():
         fields["proto"] = int(fields["proto"])
     return from_options(**fields) if fields else None
@@ -266,6 +276,17 @@ def _wait(q: PlugQdisc) -> None:
 
 
 def _hold(p: argparse.ArgumentParser, args: argparse.Namespace, cmd: List[str]) -> int:
+    if args.control:
+        if cmd:
+            p.error("--control takes its commands on stdin: no CMD after --")
+        try:
+            match = _match(args)
+        except (ValueError, TypeError) as e:
+            p.error(str(e))
+        return _control.serve(args.dev, match=match, ingress=args.ingress,
+                              limit=args.limit, netns=args.netns, max_hold=args.max_hold,
+                              replace=args.replace,
+                              allow_transport_device=args.allow_transport_device)
     try:
         match = _match(args)
         q = _Hold(args.dev, limit=args.limit, netns=args.netns, match=match,

@@ -66,6 +66,11 @@ def test_bench_smoke(tmp_path):
     assert len(multi["attach_kth_us"]) == multi["holds"] == 15
     assert all(positive(row["median"]) for row in multi["attach_kth_us"])
     assert positive(multi["unselected_rtt_us"]["fifteen_holds"]["median"])
+    remote = res["remote"]
+    for k in ("local", "remote"):
+        assert positive(remote["us_per_pair"][k]["median"]), k
+    for k in ("group", "sequential"):
+        assert positive(remote["skew_us"][k]["median"]), k
 
     lat = res["latency"]["release_to_readable_us"]
     assert positive(lat["median"]) and positive(lat["p99"])
