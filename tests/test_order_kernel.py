@@ -207,6 +207,18 @@ def test_fifteen_holds_each_let_go_of_their_own_packets_only_and_a_sixteenth_is_
             assert [q.stats().qlen for q in holds[:k]] == [3] * k
 
 
+def test_an_ingress_holds_plug_holds_nothing_but_what_it_selects() -> None:
+    """The ifb an ingress hold adds is a device of its own: what it would send itself (an
+    IPv6 router solicitation once it is up, about a second later, then every few seconds)
+    must not sit in the hold's plug, counted by stats() and wait_buffered() as if it were
+    the user's. Held for 3 s, with nothing sent to what it selects: it holds nothing."""
+    with left_as_found(), plugged("lo", direction="ingress",
+                                  match=Match(proto="udp", dport=9)) as q:
+        with pytest.raises(TimeoutError):
+            q.wait_buffered(1, timeout=3.0)
+        assert q.stats().qlen == 0
+
+
 # ---- overlap ----------------------------------------------------------------------------------
 
 def test_a_packet_two_holds_select_goes_to_the_one_attached_first() -> None:
