@@ -1,10 +1,13 @@
 """Records for the command line: which holds plugqdisc made, and which process made them.
 
 Nothing in the kernel says who made a qdisc. So when a :class:`PlugQdisc` attach
-*creates* its plug (or its match tree, or its ingress ifb), it writes one small
-record under :data:`RUN_DIR`, named by the place (network namespace cookie,
-device, mode, parent, handle) and holding the creator's pid and start time; a
-successful detach removes it. ``plugqdisc cleanup`` removes only what a record
+*creates* its plug (or its selective hold's band, or its ingress ifb), it writes one
+small record under :data:`RUN_DIR`, one per hold, named by the hold before anything
+is made (network namespace cookie, device, mode, then the holder's pid, start time
+and a serial of its own: several holds share a device, and a selective hold's plug
+handle may be chosen only by the attach) and holding the creator's pid and start
+time; once the attach has made the hold, the record gets its handle, band, ifb and
+match. A successful detach removes it. ``plugqdisc cleanup`` removes only what a record
 names and whose creator is no longer alive (the pid is gone, or belongs to a
 process started later). A plug qdisc without a record (made by ``tc``, or by a
 holder that could not write here) is never removed by cleanup.
@@ -19,12 +22,13 @@ nothing; the first attach that records reads this process's start time once.
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import socket
 import stat
 import struct
-from typing import Any, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from . import _plugqdisc
 from ._util import ROOT, open_netns
@@ -51,6 +55,11 @@ class Record(NamedTuple):
     #: "attaching" (written before attach made anything; its guardian did not have the
     #: hold's plan yet if the holder is gone and the record is not) or "made"
     state: str = "made"
+    #: a selective hold's band k (its plug is in class fffe:k); an ingress hold's ifb
+    #: number n; 0 for a plain hold, before attach, or in a record of the older format
+    band: int = 0
+    ifb: str = ""  #: an ingress hold's ifb device ("" otherwise, or not known yet)
+    match: str = ""  #: what a selective hold selects, in Match's words ("" for all)
 
     @property
     def alive(self) -> bool:
@@ -59,17 +68,16 @@ class Record(NamedTuple):
 
 
 _me: Optional[Tuple[int, int]] = None  # (pid, start time) of this process, once read
+_serial = itertools.count(1)  # this process's holds, numbered (next() is atomic)
 _unwritable = False  # RUN_DIR can never be written here: do not try on every attach
 #: The errors that say so (EPERM is not one: setns gives it for a namespace, not RUN_DIR).
 _NEVER_WRITABLE = (errno.EACCES, errno.EROFS)
 
 
-_serial = 0
-
-
 def _forget_me() -> None:
-    global _me
+    global _me, _serial
     _me = None
+    _serial = itertools.count(1)
 
 
 os.register_at_fork(after_in_child=_forget_me)
@@ -88,16 +96,37 @@ def start_time(pid: int) -> int:
 
 
 def place_name(netns: str, ifindex: int, mode: str, parent: int, handle: int) -> str:
+    """The name of a record of the older format (one hold per place); still read."""
     return "ns%s-if%d-%s-%08x-%08x" % (netns, ifindex, mode, parent, handle)
 
 
+def hold_name(netns: str, ifindex: int, mode: str, pid: int, start: int, serial: int) -> str:
+    """The name of one hold's record: its holder (pid and start time: unique for the
+    boot, a reused pid has another start) and the holder's serial number for it."""
+    return "ns%s-if%d-%s-p%d-%d-%d" % (netns, ifindex, mode, pid, start, serial)
+
+
 def mode_of(q: Any) -> Tuple[str, int]:
-    """(mode, the plug's parent on the device it is on) of the PlugQdisc Q."""
+    """(mode, the plug's parent on the device it is on) of the PlugQdisc Q: a selective
+    hold's is its band's class (fffe:k), 0 until its attach has chosen the band."""
     if q.direction == "ingress":
         return "ingress", ROOT
     if q.match is not None:
-        return "match", _plugqdisc.TREE_HANDLE | q.band
+        return "match", (_plugqdisc.TREE_HANDLE | q.band) if q.band else 0
     return "plain", int(_plugqdisc.parse_handle(q.parent) or 0)
+
+
+def match_text(match: Any) -> str:
+    """What MATCH selects, in Match's words: "proto='udp', dport=5001"; a list of
+    matches joined by " or "; "" for None (everything)."""
+    if match is None:
+        return ""
+    if isinstance(match, (list, tuple)):
+        return " or ".join("(%s)" % match_text(m) for m in match) if len(match) > 1 \
+            else match_text(match[0]) if match else ""
+    text = repr(match)
+    return text[len("Match("):-1] if text.startswith("Match(") and text.endswith(")") \
+        else text
 
 
 def _cookie_here() -> str:
@@ -133,9 +162,28 @@ def netns_id(netns: Any) -> str:
             os.close(fd)
 
 
+def _body(q: Any, ns: str, state: str) -> Dict[str, Any]:
+    """What a record of Q says but its holder (Q connected; its handle, band and ifb
+    once attached)."""
+    mode, parent = mode_of(q)
+    return {"netns": ns, "ifindex": q.ifindex, "device": q.device, "mode": mode,
+            "parent": parent, "handle": int(q.handle_id),
+            "band": int(q.band), "ifb": str(q.ifb),
+            "match": _shortened(match_text(q.match)), "state": state}
+
+
+#: The longest match text a record keeps (a record must stay under _MAX_RECORD).
+_MAX_MATCH_TEXT = 1024
+
+
+def _shortened(text: str) -> str:
+    return text if len(text) <= _MAX_MATCH_TEXT else text[:_MAX_MATCH_TEXT - 3] + "..."
+
+
 def record(q: Any) -> Optional[str]:
-    """Before Q's attach (Q connected): write the record of the hold it is about to make.
-    The record's path, or None (nowhere to write). The caller forgets it if the attach
+    """Before Q's attach (Q connected): write the record of the hold it is about to make,
+    under a name of its own (Q.handle may still be "": chosen by the attach). The
+    record's path, or None (nowhere to write). The caller forgets it if the attach
     fails or adopts what is there; the C core's plan unlinks it with the hold."""
     global _me, _unwritable
     if _unwritable:
@@ -144,18 +192,11 @@ def record(q: Any) -> Optional[str]:
         if _me is None:
             pid = os.getpid()
             _me = (pid, start_time(pid))
-        mode, parent = mode_of(q)
-        handle = int(q.handle_id)
         ns = netns_id(q.netns)
-        name = place_name(ns, q.ifindex, mode, parent, handle)
-        if not handle:  # chosen by attach: several holds of one device wait for theirs
-            global _serial
-            _serial += 1
-            name += "-p%d-%d" % (_me[0], _serial)
-        path = os.path.join(RUN_DIR, name)
-        body = json.dumps({"netns": ns, "ifindex": q.ifindex, "device": q.device,
-                           "mode": mode, "parent": parent, "handle": handle,
-                           "pid": _me[0], "start": _me[1], "state": "attaching"})
+        d = dict(_body(q, ns, "attaching"), pid=_me[0], start=_me[1])
+        path = os.path.join(RUN_DIR, hold_name(ns, q.ifindex, d["mode"], _me[0], _me[1],
+                                               next(_serial)))
+        body = json.dumps(d)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         except FileNotFoundError:
@@ -180,18 +221,15 @@ def record(q: Any) -> Optional[str]:
         return None
 
 
-def made(path: str, q: Any = None) -> None:
-    """After the attach of Q that wrote the record at PATH made its hold: say so, with
-    what attach chose (the handle, the band) (the file is replaced whole, under the same
-    name, which the hold's plan unlinks). Best effort: a record left "attaching" is only
-    ever dropped by cleanup, never acted upon."""
+def made(path: str, q: Any) -> None:
+    """After the attach that wrote the record at PATH made its hold Q: say so, with what
+    the attach chose (the plug's handle, the band, the ifb) and the match. The file is
+    replaced whole, under the same name, which the hold's plan unlinks. Best effort: a
+    record left "attaching" is only ever dropped by cleanup, never acted upon."""
     try:
         with open(path) as f:
             d = json.load(f)
-        d["state"] = "made"
-        if q is not None:
-            d["handle"] = int(q.handle_id)
-            d["parent"] = mode_of(q)[1]
+        d.update(_body(q, d["netns"], "made"))
         # a name records() does not read (it reads ns<cookie>-...), in the same folder
         tmp = os.path.join(os.path.dirname(path), ".new-" + os.path.basename(path))
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -200,7 +238,7 @@ def made(path: str, q: Any = None) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except (OSError, ValueError):
+    except (OSError, ValueError, KeyError, TypeError):
         pass
 
 
@@ -224,6 +262,7 @@ class Skipped(NamedTuple):
 #: The most a record can weigh; one plugqdisc writes is about 200 bytes.
 _MAX_RECORD = 4096
 _MODES = ("plain", "match", "ingress")
+_MAX_BAND = 16  # a prio qdisc has at most 16 bands (TCQ_PRIO_BANDS)
 #: The fields of a record: (name, type, smallest, largest) for the numbers.
 _INTS = (("ifindex", 1, 2**31 - 1), ("parent", 0, 2**32 - 1), ("handle", 0, 2**32 - 1),
          ("pid", 1, 2**22), ("start", 0, 2**63 - 1))
@@ -285,8 +324,16 @@ def _parse(path: str, data: bytes, netns: str) -> Record:
     state = d.get("state", "made")
     if state not in ("attaching", "made"):
         raise _Bad("state: %r is neither attaching nor made" % (state,))
+    # Added with several holds per device; a record of the older format has none of them.
+    band = d.get("band", 0)
+    if isinstance(band, bool) or not isinstance(band, int) or not 0 <= band <= _MAX_BAND:
+        raise _Bad("band: %r is not a band (0 to %d)" % (band, _MAX_BAND))
+    for key in ("ifb", "match"):
+        if not isinstance(d.get(key, ""), str):
+            raise _Bad("%s: not a string" % key)
     return Record(path, d["netns"], d["ifindex"], d["device"], d["mode"], d["parent"],
-                  d["handle"], d["pid"], d["start"], state)
+                  d["handle"], d["pid"], d["start"], state, band, d.get("ifb", ""),
+                  d.get("match", ""))
 
 
 def records(netns: str, skipped: Optional[List[Skipped]] = None) -> List[Record]:

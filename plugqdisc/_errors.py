@@ -235,9 +235,9 @@ def _class_and_advice(code: int, step: str, e: OSError, ctx: Dict[str, str],
     if code == _errno.ENOSPC and step == "full":
         return PlugQdiscError, (
             "%s already has %d %s holds, the most one device can have (plugqdisc.MAX_HOLDS: "
-            "the prio qdisc's 16 bands, one for what passes): nothing was changed; combine "
-            "what two holds select into one hold (a list of Match), or end one first"
-            % (ctx["device"], _max_holds(), "ingress" if ctx["ingress"] else "selective"))
+            "the prio qdisc's 16 bands, one for what passes): nothing was changed; %s"
+            % (ctx["device"], _max_holds(), "ingress" if ctx["ingress"] else "selective",
+               "%s, or end one first" % w.combine if w.combine else "end one first"))
     if code == _errno.EEXIST and step == "handle_taken":
         return PlugQdiscError, (
             "handle %s is another qdisc's on %s, and a handle names one qdisc on a device: "
@@ -249,20 +249,20 @@ def _class_and_advice(code: int, step: str, e: OSError, ctx: Dict[str, str],
             "first" % (ctx["handle"], ctx["device"]))
     if code == _errno.EBUSY and step == "in_use":
         return PlugQdiscError, (
-            "%s is in use by another living hold%s, and replace=True never deletes a hold "
-            "that someone holds with: nothing was changed; wait until it ends, or, for a "
-            "selective hold, hold beside it (with a Match)"
-            % (_what_is_there(e, ctx), _holders(ctx, netns)))
+            "%s; a living hold uses it%s, and %s never deletes a hold that someone holds "
+            "with: nothing was changed; wait until it ends, or, for a selective hold, hold "
+            "beside it (with %s)"
+            % (_what_is_there(e, ctx), _holders(ctx, netns), w.flag("replace"), w.select))
     if code == _errno.EEXIST and step == "occupied" and _ours(e):
         # Another hold of ours is there: never advise replacing it.
         return PlugQdiscError, (
             "%s%s: a %s hold cannot go beside it; %s"
             % (_what_is_there(e, ctx), _holders(ctx, netns),
                "plain (whole-device)" if ctx["found"] == "prio" else "selective",
-               "hold what you need with a Match beside the selective holds, or wait until "
-               "they end" if ctx["found"] == "prio" else
-               "that plain hold already holds everything %s sends; share it (same handle) "
-               "or wait until it ends" % ctx["device"]))
+               "hold what you need with %s beside the selective holds, or wait until "
+               "they end" % w.select if ctx["found"] == "prio" else
+               "that plain hold already holds everything %s sends; %s or wait until it "
+               "ends" % (ctx["device"], w.share)))
     if code == _errno.EEXIST and step == "occupied":
         found = ctx["found"] or "?"
         # At ingress there is no other place to choose: the ingress hold's is fixed.

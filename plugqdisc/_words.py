@@ -26,6 +26,12 @@ class Python:
     again = "attach() again"
     #: what to do when released packets did not drain in time (the qdisc stays, passing)
     drain = "call detach() again, with a longer timeout"
+    #: how to hold only what one needs, beside other selective holds
+    select = "a Match"
+    #: how to hold with a plain plug that another holder has made
+    share = "share it (a plain hold with the same handle)"
+    #: how to hold what two holds would select, in one (None: this interface cannot)
+    combine: Optional[str] = "combine what two holds select into one hold (a list of Match)"
 
     def name(self, field: str) -> str:
         return field
@@ -55,6 +61,9 @@ class CommandLine(Python):
     fields = "options"
     again = "run the command again"
     drain = "`plugqdisc cleanup` removes it once it has drained"
+    select = "match options (--proto, --dport, ...)"
+    share = "share it (`plugqdisc hold DEV` without match options)"
+    combine = None
 
     def name(self, field: str) -> str:
         return "--" + field.replace("_", "-")

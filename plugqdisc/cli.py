@@ -20,10 +20,11 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from . import Match, PlugQdisc, PlugQdiscError, Stats, __version__, lab
+from . import Match, PlugQdisc, PlugQdiscError, Stats, __version__, _plugqdisc, lab
 from . import _cli_inventory as _inventory, _cli_records as _registry, _control
 from ._errors import translate
 from ._match import from_options
+from ._util import ROOT, handle_text
 from ._words import COMMAND_LINE
 
 PROG = "plugqdisc"
@@ -44,28 +45,37 @@ to it; the exit status is CMD's (128+N if signal N killed it). The guardian
 releases the hold if plugqdisc itself is killed."""
 
 RELEASE_EPILOG = """\
-example:
+examples:
   plugqdisc release lo
-      let go of everything held on lo: plain plug qdiscs, the plug of a selective
-      hold, and the ifb plug of an ingress hold; they stay, passing traffic"""
+      let go of everything held on lo: plain plug qdiscs, the plug of each selective
+      hold, and the ifb plug of each ingress hold; they stay, passing traffic
+  plugqdisc release lo --handle 3:
+      let go of one hold only: the one whose plug has handle 3: (`plugqdisc status
+      lo` shows each hold's handle; add --ingress for an ingress hold's)"""
 
 STATUS_EPILOG = """\
 example:
   plugqdisc status --json | jq '.[] | select(.qlen > 0)'
 
-mode: plain (a plug qdisc anywhere, tc's included), match (a selective hold's
-plug, in the prio fffe: at the root), ingress (an ingress hold's plug, on the
-ifb pqifbN). holder: the pid of the living process that made it, if known."""
+One line per hold. mode: plain (a plug qdisc anywhere, tc's included), match (a
+selective hold's plug, in band k of the prio fffe: that a device's selective holds
+share at its root: parent fffe:k), ingress (an ingress hold's plug, on its own
+ifb pqifbN-n). holder: the pid of the process that made it, and "gone" if it is
+no longer running ("?": no record says); several pids: the processes that share
+a plain plug. match: what the hold selects; where two holds select a packet, the
+one attached first holds it."""
 
 CLEANUP_EPILOG = """\
 example:
   plugqdisc cleanup lo
 
 Releases, drains and removes each hold that plugqdisc made (it keeps a record
-of each in /run/plugqdisc) and whose process is gone: plain plug qdiscs, match
-trees, ingress ifbs with their ingress qdisc. A qdisc with no such record (a
-user's own, one made by tc) is never touched; `plugqdisc release` lets go of
-what those hold."""
+of each in /run/plugqdisc) and whose process is gone: plain plug qdiscs, a
+selective hold's band, an ingress hold's ifb; the prio and the ingress qdisc
+that holds on a device share go with the last of them. The holds of living
+processes on the same device stay, and keep holding; so does a plain plug that
+a living process shares. A qdisc with no such record (a user's own, one made by
+tc) is never touched; `plugqdisc release` lets go of what those hold."""
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -135,6 +145,15 @@ def _netns(text: str) -> str:
     return text
 
 
+def _handle(text: str) -> int:
+    value = _plugqdisc.parse_handle(text if text.endswith(":") else text + ":")
+    if value is None or value & 0xFFFF or not value or text in ("root", "none"):
+        raise argparse.ArgumentTypeError(
+            "%r is not a qdisc handle: write MAJ: in hex, as status shows it (for example "
+            "3:)" % text)
+    return int(value)
+
+
 def _plural(n: int, word: str) -> str:
     return "%d %s%s" % (n, word, "" if n == 1 else "s")
 
@@ -189,10 +208,16 @@ def _parser() -> Tuple[argparse.ArgumentParser, Dict[str, argparse.ArgumentParse
                    "if the hold selects its packets")
 
     r = sub.add_parser("release", parents=[netns], formatter_class=raw, epilog=RELEASE_EPILOG,
-                       help="release every plug qdisc on DEV",
+                       help="release every plug qdisc on DEV (or one hold)",
                        description="Release everything the plug qdiscs on DEV hold (left "
-                       "holding by a process that died, or by tc).")
+                       "holding by a process that died, or by tc), or what one of them "
+                       "holds (--handle).")
     r.add_argument("dev", metavar="DEV", help="the network device, for example lo")
+    r.add_argument("--handle", metavar="H", type=_handle,
+                   help="only the plug qdisc with this handle, as status shows it (3:)")
+    r.add_argument("--ingress", action="store_true",
+                   help="only the ingress holds (their plugs, on their ifbs, have handles "
+                   "of their own: --handle then names one of them)")
 
     s = sub.add_parser("status", parents=[netns], formatter_class=raw, epilog=STATUS_EPILOG,
                        help="list the plug qdiscs and what they hold",
@@ -303,6 +328,10 @@ def _hold(p: argparse.ArgumentParser, args: argparse.Namespace, cmd: List[str]) 
     except BaseException:
         q.close()
         raise
+    if match is not None or args.ingress:
+        # Several holds may share the device: the handle their plugs got tells them apart
+        # (status shows it; release --handle takes it).
+        what += " (plug %s%s)" % (q.handle, " on %s" % q.ifb if q.ifb else "")
     code = 0
     try:
         q.buffer()
@@ -342,21 +371,49 @@ def _counts(start: Stats, end: Stats, expired: bool) -> str:
     return text
 
 
+def _where(args: argparse.Namespace) -> str:
+    return " in netns %s" % args.netns if args.netns else ""
+
+
+def _plug_name(plug: _inventory.Plug) -> str:
+    """How the lines name a hold's plug: "plain, plug 1: at root of lo"."""
+    return "%s, plug %s at %s of %s" % (plug.mode, plug.handle, plug.parent, plug.on)
+
+
 def _release(inv: _inventory.Inventory, args: argparse.Namespace) -> int:
-    plugs = inv.plugs(args.dev)
+    plugs = inv.plugs(args.dev, args.handle)
+    if args.handle is not None or args.ingress:
+        # An ingress hold's plug is on its own ifb: its handle may be an egress plug's too.
+        plugs = [p for p in plugs if (p.mode == "ingress") == args.ingress]
     for plug in plugs:
         _inventory.release(plug, args.netns)
-        print("released %s (%s, plug %s at %s of %s): %s" % (
-            plug.device, plug.mode, plug.handle, plug.parent, plug.on,
-            _plural(plug.qlen, "packet")))
+        print("released %s (%s): %s" % (plug.device, _plug_name(plug),
+                                        _plural(plug.qlen, "packet")))
+    if not plugs and args.handle is not None:
+        _say("no plug qdisc with handle %s holds what %s %s%s: `plugqdisc status %s` "
+             "lists the holds and their handles" % (
+                 handle_text(args.handle), args.dev,
+                 "receives (an ingress hold)" if args.ingress else "sends", _where(args),
+                 args.dev))
+        return ERROR
     if not plugs:
-        print("no plug qdisc holds %s's packets%s"
-              % (args.dev, " in netns %s" % args.netns if args.netns else ""))
+        print("no plug qdisc holds %s's packets%s%s" % (
+            args.dev, " at ingress" if args.ingress else "", _where(args)))
     return 0
 
 
 COLUMNS = ("device", "mode", "on", "parent", "handle", "qlen", "backlog", "drops", "packets",
-           "bytes", "holder")
+           "bytes", "holder", "match")
+
+
+def _holder(p: _inventory.Plug) -> str:
+    """The HOLDER cell: the pid of the process that made it ("gone" after it when it no
+    longer runs), or of each living process that shares it; "?" when no record says."""
+    if len(p.users) > 1:
+        return ",".join(map(str, p.users))
+    if p.holder is None:
+        return "?"
+    return str(p.holder) if p.alive else "%d gone" % p.holder
 
 
 def _status(inv: _inventory.Inventory, args: argparse.Namespace) -> int:
@@ -365,17 +422,30 @@ def _status(inv: _inventory.Inventory, args: argparse.Namespace) -> int:
         print(json.dumps([p._asdict() for p in plugs], indent=2))
         return 0
     if not plugs:
-        print("no plug qdisc%s%s" % (" on %s" % args.dev if args.dev else "",
-                                     " in netns %s" % args.netns if args.netns else ""))
+        print("no plug qdisc%s%s" % (" on %s" % args.dev if args.dev else "", _where(args)))
         return 0
     rows = [[c.upper() for c in COLUMNS]]
     for p in plugs:
-        holder = str(p.holder) if p.holder else "-" if p.recorded else "?"
-        rows.append([str(getattr(p, c)) for c in COLUMNS[:-1]] + [holder])
+        match = p.match or ("-" if p.mode == "plain" or p.recorded else "?")
+        rows.append([str(getattr(p, c)) for c in COLUMNS[:-2]] + [_holder(p), match])
     widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
     return 0
+
+
+def _hold_name(rec: _registry.Record) -> str:
+    """How cleanup's lines name the hold REC records: "the match hold on lo (plug 3:,
+    matching proto='udp', dport=5001)"; a plain one by its place if not the default."""
+    details = []
+    if rec.mode != "plain" and rec.handle:
+        details.append("plug %s" % handle_text(rec.handle))
+    elif rec.mode == "plain" and (rec.parent, rec.handle) != (ROOT, 0x10000):
+        details.append("plug %s at %s" % (handle_text(rec.handle), handle_text(rec.parent)))
+    if rec.match:
+        details.append("matching %s" % rec.match)
+    return "the %s hold on %s%s" % (rec.mode, rec.device,
+                                    " (%s)" % ", ".join(details) if details else "")
 
 
 def _cleanup(inv: _inventory.Inventory, args: argparse.Namespace) -> int:
@@ -384,9 +454,9 @@ def _cleanup(inv: _inventory.Inventory, args: argparse.Namespace) -> int:
     for rec in sorted(inv.records, key=lambda r: order.get(r.mode, 3)):
         if args.dev is not None and rec.ifindex != inv.index.get(args.dev):
             continue
+        name = _hold_name(rec)
         if rec.alive:
-            print("kept the %s hold on %s: its holder, pid %d, is alive"
-                  % (rec.mode, rec.device, rec.pid))
+            print("kept %s: its holder, pid %d, is alive" % (name, rec.pid))
             kept += 1
             continue
         if rec.state == "attaching":
@@ -394,35 +464,47 @@ def _cleanup(inv: _inventory.Inventory, args: argparse.Namespace) -> int:
             # anything. Whatever is at that place now is someone else's.
             _registry.forget(rec.path)
             removed_any += 1
-            print("dropped the record of the %s hold on %s: its holder, pid %d, died before "
-                  "its attach made anything" % (rec.mode, rec.device, rec.pid))
+            print("dropped the record of %s: its holder, pid %d, died before its attach "
+                  "made anything" % (name, rec.pid))
+            continue
+        sharing = _inventory.others_holding(rec, inv)
+        if sharing:
+            # Another living process holds with the same plug: it stays. The record too,
+            # for a later cleanup, if the others leave the plug behind.
+            kept += 1
+            print("kept %s: its holder, pid %d, is gone, but pid %s holds with its plug; a "
+                  "cleanup removes it once none does" % (name, rec.pid, ", ".join(
+                      map(str, sharing))))
             continue
         try:
-            fresh = _inventory.Inventory(args.netns) if rec.mode == "ingress" else inv
+            fresh = _inventory.Inventory(args.netns) if rec.mode != "plain" else inv
             removed = _inventory.remove(rec, fresh)
         except _inventory.EgressBusy as e:
-            _say("the ingress hold on %s stays: %s's egress holds %d packets now, which "
-                 "removing its ingress qdisc would make the kernel drop; release them "
-                 "(`plugqdisc release %s`) and run cleanup again"
-                 % (e.device, e.device, e.held, e.device))
+            _say("%s stays: %s's egress holds %d packets now, which removing its ingress "
+                 "qdisc would make the kernel drop; release them (`plugqdisc release %s`) "
+                 "and run cleanup again" % (name, e.device, e.held, e.device))
             failed += 1
             continue
         except PlugQdiscError as e:
-            _say("the %s hold on %s: %s" % (rec.mode, rec.device, e))
+            _say("%s: %s" % (name, e))
             failed += 1
             continue
+        if removed == _inventory.SHARED:
+            kept += 1
+            print("kept %s: its holder, pid %d, is gone, but another living process holds "
+                  "with its plug; a cleanup removes it once none does" % (name, rec.pid))
+            continue
         _registry.forget(rec.path)
-        if removed:
+        if removed == _inventory.REMOVED:
             removed_any += 1
-            print("removed the %s hold on %s (its holder, pid %d, is gone; nothing held "
-                  "was lost)" % (rec.mode, rec.device, rec.pid))
+            print("removed %s: its holder, pid %d, is gone; nothing held was lost"
+                  % (name, rec.pid))
     unrecorded = inv.unrecorded(args.dev)
     for what in unrecorded:
         print("left %s: no record says which process made it (it may still be in use)"
               % what)
     if not (removed_any or failed or kept or unrecorded):
-        where = (" on %s" % args.dev if args.dev else "") + (
-            " in netns %s" % args.netns if args.netns else "")
+        where = (" on %s" % args.dev if args.dev else "") + _where(args)
         print("nothing to clean up%s: no hold of plugqdisc's is left by a holder that is "
               "gone (`plugqdisc status` lists the plug qdiscs)" % where)
     return ERROR if failed else 0

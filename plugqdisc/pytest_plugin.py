@@ -12,8 +12,9 @@ turns it off). What it gives a test suite:
 * fixture ``netns``: a fresh network namespace with ``lo`` up, entered by the
   test's thread for the test's duration (:class:`plugqdisc.netns.NetNamespace`).
 * fixture ``plug``: ``plug(device="lo", **PlugQdisc keywords)`` returns an attached
-  :class:`plugqdisc.PlugQdisc`; after the test each one is released, detached if
-  it created its qdisc, and closed, whatever the outcome.
+  :class:`plugqdisc.PlugQdisc`, as many as the test asks for (several selective holds
+  on one device included); after the test each one is released, detached and closed,
+  the last made first (the ingress holds last), whatever the outcome.
 
 Whether the kernel has ``sch_plug`` is decided once per session, and only when a
 marked test is selected: yes inside User-Mode Linux (the lab); else as the
@@ -158,8 +159,10 @@ class PlugFactory(Protocol):
 @pytest.fixture
 def plug() -> Iterator[PlugFactory]:
     """``plug(device="lo", *, replace=False, **PlugQdisc keywords)``: an attached
-    PlugQdisc (passing: call ``buffer()`` to hold). After the test, each one is
-    released, detached if it created its qdisc, and closed."""
+    PlugQdisc (passing: call ``buffer()`` to hold); call it once per hold, several on one
+    device included. After the test, each one is released, detached and closed, the
+    last made first (the ingress holds last). A detach removes only what no other hold uses: a plain plug that
+    another holder shares stays."""
     made: List[PlugQdisc] = []
 
     def factory(device: Union[str, int] = "lo", *, replace: bool = False,
@@ -170,12 +173,13 @@ def plug() -> Iterator[PlugFactory]:
 
     yield factory
     errors: List[BaseException] = []
-    for q in reversed(made):
+    # The last made first, the ingress holds after the others: the last ingress hold out
+    # removes the device's ingress qdisc, which would make the kernel drop what the
+    # device's egress holds (the detach then stops, with an error, and leaves it).
+    for q in sorted(reversed(made), key=lambda q: q.direction == "ingress"):
         try:
-            if q.attached and q.created:
-                q.detach()
-            elif q.attached:
-                q.release()  # adopted: leave the qdisc, passing
+            if q.attached:
+                q.detach()  # releases, drains, removes what this hold alone uses
         except Exception as e:  # the others are cleaned all the same; the first is raised
             errors.append(e)
         finally:

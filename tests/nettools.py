@@ -135,6 +135,15 @@ def sh(*argv: str) -> str:
     return p.stdout
 
 
+def device_state(dev: str = "lo") -> str:
+    """What holds on DEV must leave as they found it: its qdiscs, its filters both ways,
+    the links (ingress holds add ifbs)."""
+    return "\n".join([sh("tc", "qdisc", "show", "dev", dev),
+                      sh("tc", "filter", "show", "dev", dev),
+                      sh("tc", "filter", "show", "dev", dev, "ingress"),
+                      sh("ip", "-o", "link", "show")])
+
+
 class Sender(threading.Thread):
     """sendall() in the background (it may block while packets are held)."""
 

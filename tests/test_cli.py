@@ -74,6 +74,10 @@ def test_top_level_help_names_every_command(capsys: pytest.CaptureFixture[str]) 
     (["hold", "lo", "--"], "no CMD after --"),
     (["status", "--", "true"], "only hold runs a command"),
     (["release"], "DEV"),
+    (["release", "lo", "--handle", "1:2"], "'1:2' is not a qdisc handle: write MAJ: in hex, "
+     "as status shows it (for example 3:)"),
+    (["release", "lo", "--handle", "root"], "is not a qdisc handle"),
+    (["release", "lo", "--handle", "10000:"], "is not a qdisc handle"),
 ])
 def test_usage_errors_exit_2_and_say_what_is_wrong(args: list, text: str,  # type: ignore[type-arg]
                                                    capsys: pytest.CaptureFixture[str]) -> None:

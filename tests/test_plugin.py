@@ -1,6 +1,7 @@
 """The pytest plugin as a user meets it: a throwaway project with marked and unmarked
 tests, run by pytest on the host, with and without --plugqdisc-lab. Outcomes are read
-from pytest's JUnit XML report."""
+from pytest's JUnit XML report. At the end, in the lab: the plug fixture with several
+holds on one device."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from plugqdisc import lab
-from plugqdisc.pytest_plugin import INNER_ENV
+from nettools import device_state, nothing_arrives, recv_all, udp_pair
+from plugqdisc import Match, _cli_records, lab
+from plugqdisc.pytest_plugin import INNER_ENV, PlugFactory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -502,3 +504,73 @@ def test_a_lab_that_dies_during_a_test_fails_that_test_alone(tmp_path: Path) -> 
     assert outcomes["test_later"] == ("skipped", "not run: the lab ended while "
                                       "test_user.py::test_ends_the_lab ran (see its failure)")
     assert set(count_results(tmp_path / "report.xml").values()) == {0, 1}
+
+
+# ---- the plug fixture: several holds on one device (issue 15), in the lab ---------------
+
+@pytest.mark.plugqdisc
+def test_the_plug_fixture_makes_several_holds_on_one_device(plug: PlugFactory) -> None:
+    pairs = [udp_pair() for _ in range(3)]
+    holds = [plug("lo", match=Match(proto="udp", dport=addr[1])) for _, _, addr in pairs]
+    assert len({q.handle for q in holds}) == 3  # each its own plug, handles chosen for it
+    for q in holds:
+        q.buffer()
+    for i, (_, tx, addr) in enumerate(pairs):
+        tx.sendto(b"to %d" % i, addr)
+    for q in holds:
+        assert q.wait_buffered(1, timeout=5).qlen == 1  # each holds its own, and only it
+    holds[1].release()
+    assert recv_all(pairs[1][0], 1) == [b"to 1"]
+    assert nothing_arrives(pairs[0][0]) and nothing_arrives(pairs[2][0])
+    holds[2].release()
+    assert recv_all(pairs[2][0], 1) == [b"to 2"]
+    assert nothing_arrives(pairs[0][0])
+    # holds[0] still holds: the fixture's teardown lets it go (the next test shows it)
+
+
+HOLDS_AND_FAILS = '''
+import os
+import socket
+
+import pytest
+
+from plugqdisc import Match
+
+PORTS = [int(p) for p in os.environ["HELD_PORTS"].split(",")]
+
+
+@pytest.mark.plugqdisc(netns=False)  # in the namespace of the test that runs this one
+def test_holds_then_fails(plug):
+    holds = [plug("lo", match=Match(proto="udp", dport=port)) for port in PORTS[:-1]]
+    holds.append(plug("lo", direction="ingress", match=Match(proto="udp", dport=PORTS[-1])))
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for q, port in zip(holds, PORTS):
+        q.buffer()
+        tx.sendto(b"held for %d" % port, ("127.0.0.1", port))
+        assert q.wait_buffered(1, timeout=5).qlen == 1
+    raise RuntimeError("distinctive failure while holding")
+'''
+
+
+@pytest.mark.plugqdisc
+def test_the_plug_fixture_lets_every_hold_go_after_a_test_that_failed_holding(
+        tmp_path: Path) -> None:
+    """Three selective holds and an ingress hold on lo, made with plug() in a test that
+    fails while they hold: after it, every datagram has arrived, and lo, its filters and
+    the links are as before, with no record left."""
+    before = device_state()
+    pairs = [udp_pair() for _ in range(4)]
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_inner.py").write_text(HOLDS_AND_FAILS)
+    os.environ["HELD_PORTS"] = ",".join(str(addr[1]) for _, _, addr in pairs)
+    try:
+        outcomes, p = run_pytest(tmp_path, "test_inner.py", native="")
+    finally:
+        del os.environ["HELD_PORTS"]
+    assert list(outcomes) == ["test_holds_then_fails"], p.stdout + p.stderr
+    kind, text = outcomes["test_holds_then_fails"]
+    assert kind == "failed" and "distinctive failure while holding" in text, text
+    for rx, _, addr in pairs:
+        assert recv_all(rx, 1) == [b"held for %d" % addr[1]]
+    assert device_state() == before
+    assert _cli_records.records(_cli_records.netns_id(None)) == []

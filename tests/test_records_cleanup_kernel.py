@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,7 +90,8 @@ def test_status_and_cleanup_skip_a_corrupt_record_with_one_line_each(
                 assert line.endswith("it is not a record plugqdisc wrote (remove it)")
         assert "Infinity" not in p.stderr  # the reasons are facts about the fields
         p = cli("status")
-        assert p.stdout.splitlines()[1].split()[-1] == str(os.getpid())  # still known
+        holder = re.split(r"\s{2,}", p.stdout.splitlines()[1])[-2]
+        assert holder == str(os.getpid())  # still known
     finally:
         q.detach()
         q.close()
@@ -141,12 +143,15 @@ def ingress_left_by_a_guardian(egress: PlugQdisc) -> None:
     purge what the egress holds). Its record stays."""
     def child(w: int) -> None:
         q = PlugQdisc("lo", direction="ingress", match=Match(proto="tcp")).attach()
-        report(w, ready=q.attached)  # kept: one garbage-collected would detach
+        report(w, ready=q.attached, handle=q.handle)  # kept: one garbage-collected would
+        # detach
         time.sleep(60)
 
     pid, r = fork_child(child)
-    assert json.loads(r.readline()) == {"ready": True}
+    said = json.loads(r.readline())
+    assert said["ready"] is True
     r.close()
+    egress._ingress_handle = said["handle"]  # type: ignore[attr-defined]
     egress.buffer()
     rx, tx, addr = udp_pair()
     tx.sendto(b"held at egress", addr)
@@ -170,8 +175,9 @@ def test_cleanup_removes_the_ingress_qdisc_a_guardian_left_once_the_egress_is_em
         # While the egress holds: kept, saying why; the record stays.
         p = cli("cleanup")
         assert p.returncode == 1
-        assert ("the ingress hold on lo stays: lo's egress holds 1 packets now" in p.stderr
-                ), p.stderr
+        assert ("plugqdisc: the ingress hold on lo (plug %s, matching proto='tcp') stays: "
+                "lo's egress holds 1 packets now" % egress._ingress_handle  # type: ignore
+                in p.stderr), p.stderr
         assert "qdisc ingress ffff:" in sh("tc", "qdisc", "show", "dev", "lo")
         assert [r for r in _cli_records.records(here()) if r.mode == "ingress"]
         egress.release()
