@@ -592,7 +592,103 @@ def sec_loss(a: argparse.Namespace) -> dict:
     return res
 
 
-# ---- 8. remote holds (issue 16) ---------------------------------------------------------
+# ---- 8. several holds on one device (issue 15) -------------------------------------------
+
+def sec_multi(a: argparse.Namespace) -> dict:
+    """buffer+release of one hold on a device that has 15 selective holds against one that
+    has only it (each on its own dummy device, turn by turn in rotating chunks); the UDP
+    round trip on lo of traffic none of 15 holding holds selects, against no qdisc; the
+    attach of each of 15 holds, 1st to 15th, on an empty device."""
+    import threading
+    from plugqdisc import MAX_HOLDS, Match
+
+    def matches(n: int) -> list:
+        return [Match(proto="udp", dport=1000 + i) for i in range(n)]
+
+    one = [PlugQdisc(_dummy("mh1"), match=m).attach() for m in matches(1)]
+    many = [PlugQdisc(_dummy("mh15") if i == 0 else "mh15", match=m).attach()
+            for i, m in enumerate(matches(MAX_HOLDS))]
+    res: dict = {"holds": MAX_HOLDS, "pairs_per_round": a.n_fast,
+                 "samples_us": {"one_hold": [], "fifteen_holds": []}}
+
+    def chunk(q: PlugQdisc, pairs: int) -> float:
+        t = time.perf_counter()
+        for _ in range(pairs):
+            q.buffer()
+            q.release()
+        return time.perf_counter() - t
+
+    # The hold measured on the busy device is the last attached: its filters come last.
+    turns = [("one_hold", one[0]), ("fifteen_holds", many[-1])]
+    chunks = 10 if a.n_fast >= 10 else 1
+    for r in range(a.rounds):
+        spent = {k: 0.0 for k, _ in turns}
+        for c in range(chunks):
+            for k, q in turns[c % 2:] + turns[:c % 2]:
+                spent[k] += chunk(q, a.n_fast // chunks)
+        for k, _ in turns:
+            res["samples_us"][k].append(spent[k] * 1e6 / (a.n_fast // chunks * chunks))
+        log("multi round %d/%d done" % (r + 1, a.rounds))
+    for q in one + many[::-1]:
+        q.detach()
+        q.close()
+
+    # attach of the k-th hold on one device, k = 1..15, then all detached; n_attach times
+    dev = _dummy("mhat")
+    attach_us: list = [[] for _ in range(MAX_HOLDS)]
+    for _ in range(a.n_attach):
+        qs = []
+        for k, m in enumerate(matches(MAX_HOLDS)):
+            t = time.perf_counter()
+            qs.append(PlugQdisc(dev, match=m).attach())
+            attach_us[k].append((time.perf_counter() - t) * 1e6)
+        for q in qs[::-1]:
+            q.detach()
+            q.close()
+    res["attach_kth_us"] = attach_us
+
+    # unselected traffic: UDP round trips on lo with 15 holds holding, against no qdisc
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def echo() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                data, peer = server.recvfrom(64)
+            except socket.timeout:
+                continue
+            server.sendto(data, peer)
+
+    th = threading.Thread(target=echo, daemon=True)
+    th.start()
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(5)
+    addr = server.getsockname()
+    lat: dict = {"none": [], "fifteen_holds": []}
+    n = max(10, a.latency_samples)
+    for r in range(a.rounds):
+        for which in ("none", "fifteen_holds") if r % 2 == 0 else ("fifteen_holds", "none"):
+            holds = []
+            if which == "fifteen_holds":
+                holds = [PlugQdisc("lo", match=m).attach() for m in matches(MAX_HOLDS)]
+                for q in holds:
+                    q.buffer()
+            for _ in range(n):
+                lat[which].append(_udp_rtt(client, addr) * 1e6)
+            for q in holds[::-1]:
+                q.detach()
+                q.close()
+    stop.set()
+    th.join()
+    client.close()
+    server.close()
+    res["unselected_rtt_us"] = lat
+    return res
+
+
+# ---- 9. remote holds (issue 16) ---------------------------------------------------------
 
 def sec_remote(a: argparse.Namespace) -> dict:
     """A buffer + release pair over plugqdisc.remote (`ip netns exec NS` as the transport,
@@ -683,7 +779,7 @@ def main() -> int:
     # away from the other sections.
     for name, fn in (("ops", sec_ops), ("hold", sec_hold), ("latency", sec_latency),
                      ("modes", sec_modes), ("guard", sec_guard), ("loss", sec_loss),
-                     ("remote", sec_remote), ("links", sec_links)):
+                     ("multi", sec_multi), ("remote", sec_remote), ("links", sec_links)):
         t = time.perf_counter()
         try:
             with NetNamespace():

@@ -212,6 +212,22 @@ def analyse(raw: dict) -> dict:
         for k in ("plain", "match"):
             targets.append(target("datagrams lost per %s hold cycle <= per tc cycle" % k,
                                   kinds[k]["lost_per_cycle"], "<=", tc_rate))
+    multi = raw.get("multi")
+    if multi:
+        rows = {k: summary(xs) for k, xs in multi["samples_us"].items()}
+        kth = [summary(xs) for xs in multi["attach_kth_us"]]
+        rtt = {k: summary(xs) for k, xs in multi["unselected_rtt_us"].items()}
+        n = multi["holds"]
+        out["multi"] = {"holds": n, "us_per_pair": rows, "attach_kth_us": kth,
+                        "unselected_rtt_us": rtt, "pairs_per_round": multi["pairs_per_round"]}
+        targets.append(target("buffer+release, %d holds on the device / one" % n,
+                              rows["fifteen_holds"]["median"] / rows["one_hold"]["median"],
+                              "<=", 1.10))
+        targets.append(target("unselected UDP round trip, %d holds holding / no qdisc" % n,
+                              rtt["fifteen_holds"]["median"] / rtt["none"]["median"], "<=",
+                              1.20))
+        targets.append(target("attach of the %dth hold / the first" % n,
+                              kth[-1]["median"] / kth[0]["median"], "<=", 1.5))
     remote = raw.get("remote")
     if remote:
         pair = {k: summary(v) for k, v in remote["samples_us"].items()}
@@ -347,6 +363,22 @@ def table(res: dict) -> str:
             r = loss["kinds"][k]
             L.append("| %s | %d | %d | %.2f | %s |" % (label, r["sent"], r["lost"],
                                                       r["lost_per_cycle"], fmt(r["cycle_ms"])))
+    multi = res.get("multi")
+    if multi:
+        n, rows = multi["holds"], multi["us_per_pair"]
+        L += ["", "**Several holds on one device**: buffer + release of one selective hold, "
+              "µs (median, min – max): alone on its device %s (%s – %s), the last of %d on "
+              "its device %s (%s – %s)." % (
+                  fmt(rows["one_hold"]["median"]), fmt(rows["one_hold"]["min"]),
+                  fmt(rows["one_hold"]["max"]), n, fmt(rows["fifteen_holds"]["median"]),
+                  fmt(rows["fifteen_holds"]["min"]), fmt(rows["fifteen_holds"]["max"]))]
+        k = multi["attach_kth_us"]
+        L += ["", "Attach of the k-th hold on one device, µs (median): " + ", ".join(
+            "%d: %s" % (i + 1, fmt(row["median"])) for i, row in enumerate(k)) + "."]
+        r = multi["unselected_rtt_us"]
+        L += ["", "UDP round trip on lo of traffic that none of %d holding holds selects, µs "
+              "(median): no qdisc %s, with the %d holds %s." % (
+                  n, fmt(r["none"]["median"]), n, fmt(r["fifteen_holds"]["median"]))]
     remote = res.get("remote")
     if remote:
         p, k = remote["us_per_pair"], remote["skew_us"]

@@ -40,7 +40,7 @@ try:
 except ImportError as e:  # a source tree without it: the lab runs, the C core says what to do
     from ._extension import unbuilt
     _plugqdisc = unbuilt(e)
-from . import _cli_records, _guard, _signals
+from . import _auto, _cli_records, _guard, _signals
 from ._match import Address, Match, Ports, terms_of
 from ._words import PYTHON, Python
 from ._errors import (DeviceNotFoundError, KernelSupportError, ParentNotFoundError,
@@ -326,10 +326,12 @@ class PlugQdisc(_plugqdisc.Qdisc):
     def release(self) -> None:
         """Release everything held, in order, and let traffic pass until the next
         :meth:`buffer` (TCQ_PLUG_RELEASE_INDEFINITE)."""
+        _auto.stop(self)  # a pending automatic release is cancelled; what it kept is raised
         try:
             self._release_indefinite()
         except OSError as e:
             raise self._failed(e, "release") from None
+        _auto.raise_kept(self)
 
     release_indefinite = release
 
@@ -411,16 +413,20 @@ class PlugQdisc(_plugqdisc.Qdisc):
         out releases and removes it."""
         limit = seconds(timeout, "timeout")
         ms = _MAX_WAIT_MS if limit is None else min(int(limit * 1000), _MAX_WAIT_MS)
+        _auto.stop(self)
         try:
             self._detach(ms)
         except OSError as e:
             raise self._failed(e, "detach") from None
         self._record = None  # the hold's plan unlinked it
+        _auto.raise_kept(self)
 
     def close(self) -> None:
         """Free the socket (the qdisc stays as it is). Idempotent."""
+        _auto.stop(self)
         _guard.untrack(self)
         super().close()
+        _auto.raise_kept(self)
 
     def __del__(self) -> None:
         if _guard.leaked(self):
@@ -499,6 +505,26 @@ class PlugQdisc(_plugqdisc.Qdisc):
     def direction(self) -> str:
         """'egress' (what the device sends) or 'ingress' (what it receives)."""
         return self._direction
+
+    # ---- automatic release (plugqdisc/_auto.py) ----
+
+    def release_when_holding(self, packets: int, *, timeout: Optional[float] = None) -> None:
+        """Release by itself once this hold holds ``packets`` packets (``qlen``), from a
+        daemon thread of the library's: for a test whose own thread blocks behind what
+        is held (a client waiting for the answer to a held request). Returns at once.
+
+        After ``timeout`` seconds (None or inf: no limit) it releases all the same, and
+        keeps a TimeoutError. :meth:`release`, :meth:`detach`, :meth:`close` and the end
+        of a ``with`` block cancel it and wait for its thread; what went wrong in it is
+        raised by the next of those calls (or by the next automatic release), never
+        printed. One at a time per hold; the hold must be holding (:meth:`buffer`)."""
+        _auto.release_when_holding(self, packets, timeout)
+
+    def release_after(self, seconds: float) -> None:
+        """Release by itself ``seconds`` from now, from a daemon thread of the
+        library's; returns at once. Cancelled, and its errors raised, as for
+        :meth:`release_when_holding`."""
+        _auto.release_after(self, seconds)
 
 
 def _finish_after(q: PlugQdisc, exc: Optional[BaseException]) -> None:

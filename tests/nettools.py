@@ -3,6 +3,7 @@ a forked child that reports back."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
@@ -12,9 +13,10 @@ import subprocess
 import threading
 import traceback
 from types import ModuleType
-from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, TextIO, Tuple
 
-from plugqdisc.netns import SO_RCVBUFFORCE, SO_SNDBUFFORCE, tcp_for_holding
+from plugqdisc.netns import (CLONE_NEWNET, SO_RCVBUFFORCE, SO_SNDBUFFORCE, setns,
+                             tcp_for_holding)
 
 QUIET = 0.3  # how long "nothing arrives" is waited for
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -190,3 +192,60 @@ def in_child(fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
         data = r.read()
     os.waitpid(pid, 0)
     return json.loads(data)  # type: ignore[no-any-return]
+
+
+def device_state(dev: str) -> str:
+    """What a hold must leave as it found: qdiscs, filters both ways, the links."""
+    return "\n".join([sh("tc", "qdisc", "show", "dev", dev),
+                      sh("tc", "filter", "show", "dev", dev),
+                      sh("tc", "filter", "show", "dev", dev, "ingress"),
+                      sh("ip", "-o", "link", "show")])
+
+
+@contextlib.contextmanager
+def left_as_found(dev: str = "lo") -> Iterator[None]:
+    before = device_state(dev)
+    yield
+    assert device_state(dev) == before
+
+
+@contextlib.contextmanager
+def peer_namespace() -> Iterator[Callable[[int, int], socket.socket]]:
+    """A namespace 'pqpeer' joined to ours by a veth pair: ours is vb (10.99.0.1), the peer's
+    va (10.99.0.2 and .3), with static neighbours (an ingress hold holds ARP too). Yields a
+    function that opens a socket inside the peer."""
+    sh("ip", "netns", "add", "pqpeer")
+    try:
+        sh("ip", "link", "add", "vb", "type", "veth", "peer", "name", "va", "netns", "pqpeer")
+        inp = ("ip", "netns", "exec", "pqpeer")
+        sh("ip", "addr", "add", "10.99.0.1/24", "dev", "vb")
+        sh("ip", "link", "set", "vb", "up")
+        for a in ("10.99.0.2/24", "10.99.0.3/24"):
+            sh(*inp, "ip", "addr", "add", a, "dev", "va")
+        sh(*inp, "ip", "link", "set", "va", "up")
+        sh(*inp, "ip", "link", "set", "lo", "up")
+        # /sys shows the initial namespace's devices: ask ip for the addresses
+        mac_a = sh(*inp, "ip", "-o", "link", "show", "va").split("link/ether ")[1].split()[0]
+        mac_b = sh("ip", "-o", "link", "show", "vb").split("link/ether ")[1].split()[0]
+        for a in ("10.99.0.2", "10.99.0.3"):
+            sh("ip", "neigh", "replace", a, "lladdr", mac_a, "dev", "vb", "nud", "permanent")
+        sh(*inp, "ip", "neigh", "replace", "10.99.0.1", "lladdr", mac_b, "dev", "va", "nud",
+           "permanent")
+    except BaseException:
+        sh("ip", "netns", "del", "pqpeer")
+        raise
+
+    def peer_socket(family: int, kind: int) -> socket.socket:
+        ours = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        theirs = os.open("/run/netns/pqpeer", os.O_RDONLY)
+        try:
+            setns(theirs, CLONE_NEWNET)
+            return socket.socket(family, kind)
+        finally:
+            setns(ours, CLONE_NEWNET)
+            os.close(ours), os.close(theirs)
+
+    try:
+        yield peer_socket
+    finally:
+        sh("ip", "netns", "del", "pqpeer")  # takes va, and with it vb

@@ -60,6 +60,12 @@ def test_bench_smoke(tmp_path):
     for k in ("plain", "match", "tc"):
         assert positive(loss[k]["sent"]) and 0 <= loss[k]["lost"] <= loss[k]["sent"], k
 
+    multi = res["multi"]
+    for k in ("one_hold", "fifteen_holds"):
+        assert positive(multi["us_per_pair"][k]["median"]), k
+    assert len(multi["attach_kth_us"]) == multi["holds"] == 15
+    assert all(positive(row["median"]) for row in multi["attach_kth_us"])
+    assert positive(multi["unselected_rtt_us"]["fifteen_holds"]["median"])
     remote = res["remote"]
     for k in ("local", "remote"):
         assert positive(remote["us_per_pair"][k]["median"]), k

@@ -3,19 +3,18 @@ held and released in order; everything else flows; the device is left as found."
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import socket
 import struct
 import threading
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import pytest
 
-from nettools import QUIET, sh
+from nettools import QUIET, device_state, left_as_found, peer_namespace, sh
 from plugqdisc import Match, PlugQdisc, PlugQdiscError, plugged
-from plugqdisc.netns import CLONE_NEWNET, SO_RCVBUFFORCE, setns
+from plugqdisc.netns import SO_RCVBUFFORCE
 
 pytestmark = pytest.mark.plugqdisc
 
@@ -81,21 +80,6 @@ def held_then_released(q: PlugQdisc, held: Udp, flows: Udp, n: int = 5,
     q.release()
     assert held.got() == [b"held-%d" % i for i in range(n)]
     q.buffer()
-
-
-def device_state(dev: str) -> str:
-    """What a hold must leave as it found: qdiscs, filters both ways, the links."""
-    return "\n".join([sh("tc", "qdisc", "show", "dev", dev),
-                      sh("tc", "filter", "show", "dev", dev),
-                      sh("tc", "filter", "show", "dev", dev, "ingress"),
-                      sh("ip", "-o", "link", "show")])
-
-
-@contextlib.contextmanager
-def left_as_found(dev: str = "lo") -> Iterator[None]:
-    before = device_state(dev)
-    yield
-    assert device_state(dev) == before
 
 
 def add_addresses() -> None:
@@ -368,48 +352,6 @@ def test_netns_works_for_selective_and_ingress_holds() -> None:
 
 
 # ---- ingress across two namespaces -------------------------------------------------------
-
-@contextlib.contextmanager
-def peer_namespace() -> Iterator[Callable[[int, int], socket.socket]]:
-    """A namespace 'pqpeer' joined to ours by a veth pair: ours is vb (10.99.0.1), the peer's
-    va (10.99.0.2 and .3), with static neighbours (an ingress hold holds ARP too). Yields a
-    function that opens a socket inside the peer."""
-    sh("ip", "netns", "add", "pqpeer")
-    try:
-        sh("ip", "link", "add", "vb", "type", "veth", "peer", "name", "va", "netns", "pqpeer")
-        inp = ("ip", "netns", "exec", "pqpeer")
-        sh("ip", "addr", "add", "10.99.0.1/24", "dev", "vb")
-        sh("ip", "link", "set", "vb", "up")
-        for a in ("10.99.0.2/24", "10.99.0.3/24"):
-            sh(*inp, "ip", "addr", "add", a, "dev", "va")
-        sh(*inp, "ip", "link", "set", "va", "up")
-        sh(*inp, "ip", "link", "set", "lo", "up")
-        # /sys shows the initial namespace's devices: ask ip for the addresses
-        mac_a = sh(*inp, "ip", "-o", "link", "show", "va").split("link/ether ")[1].split()[0]
-        mac_b = sh("ip", "-o", "link", "show", "vb").split("link/ether ")[1].split()[0]
-        for a in ("10.99.0.2", "10.99.0.3"):
-            sh("ip", "neigh", "replace", a, "lladdr", mac_a, "dev", "vb", "nud", "permanent")
-        sh(*inp, "ip", "neigh", "replace", "10.99.0.1", "lladdr", mac_b, "dev", "va", "nud",
-           "permanent")
-    except BaseException:
-        sh("ip", "netns", "del", "pqpeer")
-        raise
-
-    def peer_socket(family: int, kind: int) -> socket.socket:
-        ours = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        theirs = os.open("/run/netns/pqpeer", os.O_RDONLY)
-        try:
-            setns(theirs, CLONE_NEWNET)
-            return socket.socket(family, kind)
-        finally:
-            setns(ours, CLONE_NEWNET)
-            os.close(ours), os.close(theirs)
-
-    try:
-        yield peer_socket
-    finally:
-        sh("ip", "netns", "del", "pqpeer")  # takes va, and with it vb
-
 
 def test_ingress_holds_what_arrives_and_our_own_sends_flow() -> None:
     with peer_namespace() as peer_socket:
