@@ -44,7 +44,7 @@
 
 struct g_slot {
     int used, fd, armed;
-    int sock;                    /* an AF_UNIX socket in the hold's namespace, for its gate */
+    int nsfd;                    /* the hold's network namespace, for its gate's socket */
     int abandoned;               /* its handle is gone, its hold not: guarded till the end */
     uint32_t max_hold_ms, seq;
     struct pq_plan *plan;
@@ -58,19 +58,23 @@ static struct {
     void *stack;                 /* a cloned guardian's stack, NULL if forked or none */
     struct g_hold *holds;        /* its G_MAX records (mapped for it, zeroed) */
     volatile uint32_t *expired;  /* G_MAX slots shared with it: the expired seq */
+    volatile uint32_t *holding;  /* G_MAX slots shared with it: 1 while a hold holds */
     struct g_slot s[G_MAX];
-} G = { PTHREAD_MUTEX_INITIALIZER, 0, 0, -1, NULL, NULL, NULL, { { 0, 0, 0, 0, 0, 0, 0, NULL } } };
+} G = { PTHREAD_MUTEX_INITIALIZER, 0, 0, -1, NULL, NULL, NULL, NULL,
+        { { 0, 0, 0, 0, 0, 0, 0, NULL } } };
 
 static void g_drop_slot(struct g_slot *s)
 {
+    if (G.holding)
+        G.holding[s - G.s] = 0;
     if (s->fd >= 0)
         close(s->fd);
-    if (s->sock >= 0)
-        close(s->sock);
+    if (s->nsfd >= 0)
+        close(s->nsfd);
     free(s->plan);
     memset(s, 0, sizeof(*s));
     s->fd = -1;
-    s->sock = -1;
+    s->nsfd = -1;
 }
 
 /* Lock the state, first forgetting a guardian and holds inherited through fork(): they
@@ -89,12 +93,13 @@ static void g_lock(void)
         if (G.holds)
             munmap(G.holds, G_MAX * sizeof(struct g_hold));
         if (G.expired)
-            munmap((void *)G.expired, G_MAX * sizeof(uint32_t));
+            munmap((void *)G.expired, 2 * G_MAX * sizeof(uint32_t));
         G.sock = -1;
         G.pid = 0;
         G.stack = NULL;
         G.holds = NULL;
         G.expired = NULL;
+        G.holding = NULL;
         for (i = 0; i < G_MAX; i++)
             if (G.s[i].used)
                 g_drop_slot(&G.s[i]);
@@ -164,12 +169,13 @@ static int g_start(void)
     pid_t pid;
 
     if (!G.expired) {
-        void *m = mmap(NULL, G_MAX * sizeof(uint32_t), PROT_READ | PROT_WRITE,
+        void *m = mmap(NULL, 2 * G_MAX * sizeof(uint32_t), PROT_READ | PROT_WRITE,
                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 
         if (m == MAP_FAILED)
             return -errno;
         G.expired = m;
+        G.holding = G.expired + G_MAX;
     }
     G.holds = mmap(NULL, G_MAX * sizeof(struct g_hold), PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -186,6 +192,7 @@ static int g_start(void)
     pq_guardian_args.holder = getpid();
     pq_guardian_args.holds = G.holds;
     pq_guardian_args.expired = G.expired;
+    pq_guardian_args.holding = G.holding;
     /* The child starts, and stays, with every signal blocked: the holder's handlers are
      * not its own (see guardian.c). */
     sigfillset(&all);
@@ -219,13 +226,14 @@ static int g_start(void)
     return g_wait_ready();
 }
 
-/* Send one record (and PAYLOAD, and FD and SOCK as SCM_RIGHTS if FD >= 0) to the
- * guardian. 0/-errno. */
-static int g_send(const struct g_rec *rec, const void *payload, size_t len, int fd, int sock)
+/* Send one record (and PAYLOAD, and as SCM_RIGHTS FD, NSFD and, if >= 0, LOCK, if FD >= 0)
+ * to the guardian. 0/-errno. */
+static int g_send(const struct g_rec *rec, const void *payload, size_t len, int fd, int nsfd,
+                  int lock)
 {
     struct iovec iov[2] = { { (void *)rec, sizeof(*rec) }, { (void *)payload, len } };
-    union { char buf[CMSG_SPACE(2 * sizeof(int))]; struct cmsghdr align; } ctl;
-    int fds[2] = { fd, sock };
+    union { char buf[CMSG_SPACE(3 * sizeof(int))]; struct cmsghdr align; } ctl;
+    int fds[3] = { fd, nsfd, lock }, nfds = lock >= 0 ? 3 : 2;
     struct msghdr mh;
     ssize_t n;
 
@@ -241,8 +249,9 @@ static int g_send(const struct g_rec *rec, const void *payload, size_t len, int 
         c = CMSG_FIRSTHDR(&mh);
         c->cmsg_level = SOL_SOCKET;
         c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(2 * sizeof(int));
-        memcpy(CMSG_DATA(c), fds, 2 * sizeof(int));
+        mh.msg_controllen = CMSG_SPACE((size_t)nfds * sizeof(int));
+        c->cmsg_len = CMSG_LEN((size_t)nfds * sizeof(int));
+        memcpy(CMSG_DATA(c), fds, (size_t)nfds * sizeof(int));
     }
     do
         n = sendmsg(G.sock, &mh, MSG_NOSIGNAL);
@@ -250,8 +259,9 @@ static int g_send(const struct g_rec *rec, const void *payload, size_t len, int 
     return n < 0 ? -errno : 0;
 }
 
-/* Hand slot I over to the guardian (and, if it holds, its max_hold timer). 0 or -errno. */
-static int g_send_slot(int i)
+/* Hand slot I over to the guardian (and, if it holds, its max_hold timer), with LOCK (a
+ * copy of the device's lock an attach has, or -1). 0 or -errno. */
+static int g_send_slot(int i, int lock)
 {
     struct g_slot *s = &G.s[i];
     struct g_rec rec;
@@ -264,18 +274,19 @@ static int g_send_slot(int i)
     rec.expect = s->plan->expect;
     rec.len = s->plan->len;
     G.expired[i] = 0;
-    err = g_send(&rec, s->plan->buf, s->plan->len, s->fd, s->sock);
+    err = g_send(&rec, s->plan->buf, s->plan->len, s->fd, s->nsfd, lock);
     if (err == 0 && s->armed) {
         rec.type = G_BUFFER;
         rec.seq = s->seq;
-        err = g_send(&rec, NULL, 0, -1, -1);
+        err = g_send(&rec, NULL, 0, -1, -1, -1);
     }
     return err;
 }
 
 /* Make sure a guardian runs that has every registered hold (G locked): start one if there
- * is none, or a new one if this one is gone, handing it every hold. 0 or -errno. */
-static int g_ensure(void)
+ * is none, or a new one if this one is gone, handing it every hold (slot SLOT with LOCK,
+ * see g_send_slot). 0 or -errno. */
+static int g_ensure(int slot, int lock)
 {
     int i, err;
 
@@ -286,7 +297,7 @@ static int g_ensure(void)
     for (i = 0; i < G_MAX; i++) {
         if (G.s[i].used && G.s[i].fd < 0)
             g_drop_slot(&G.s[i]);      /* abandoned: nothing left to hand it over with */
-        else if (G.s[i].used && (err = g_send_slot(i)) < 0)
+        else if (G.s[i].used && (err = g_send_slot(i, i == slot ? lock : -1)) < 0)
             return err;
     }
     return 0;
@@ -298,15 +309,15 @@ static int gone(int err)
     return err == -EPIPE || err == -ECONNRESET || err == -ENOTCONN;
 }
 
-int pq_guard_register(struct pq_guard_ticket *t, const struct pq_plan *plan, int fd, int sock,
-                      uint32_t max_hold_ms)
+int pq_guard_register(struct pq_guard_ticket *t, const struct pq_plan *plan, int fd, int nsfd,
+                      int lock, uint32_t max_hold_ms)
 {
     struct pq_plan *copy = malloc(sizeof(*copy));
     int slot, err, tries;
 
     if (!copy) {
         close(fd);
-        close(sock);
+        close(nsfd);
         return -ENOMEM;
     }
     *copy = *plan;
@@ -325,16 +336,16 @@ int pq_guard_register(struct pq_guard_ticket *t, const struct pq_plan *plan, int
         g_unlock();
         free(copy);
         close(fd);
-        close(sock);
+        close(nsfd);
         return -ENOSPC;
     }
-    G.s[slot] = (struct g_slot){ 1, fd, 0, sock, 0, max_hold_ms, 0, copy };
+    G.s[slot] = (struct g_slot){ 1, fd, 0, nsfd, 0, max_hold_ms, 0, copy };
     err = 0;
     for (tries = 0; tries < 2; tries++) {
         if (!G.pid) {
-            err = g_ensure();          /* a new guardian gets this slot with the others */
+            err = g_ensure(slot, lock); /* a new guardian gets this slot with the others */
         } else {
-            err = g_send_slot(slot);
+            err = g_send_slot(slot, lock);
         }
         if (!gone(err))
             break;
@@ -360,10 +371,10 @@ int pq_guard_update(struct pq_guard_ticket *t, const struct pq_plan *plan)
         return -ENOENT;
     g_lock();
     *G.s[t->slot].plan = *plan;
-    err = G.pid ? g_send_slot(t->slot) : -EPIPE;
+    err = G.pid ? g_send_slot(t->slot, -1) : -EPIPE;
     if (gone(err)) {
         g_reap();                      /* it died: a new one gets every hold, this one too */
-        err = g_ensure();
+        err = g_ensure(-1, -1);
     }
     g_unlock();
     return err;
@@ -383,10 +394,19 @@ static void g_tell(const struct pq_guard_ticket *t, uint32_t type)
     rec.type = type;
     rec.slot = (uint32_t)t->slot;
     rec.seq = t->seq;
-    if (G.pid && gone(g_send(&rec, NULL, 0, -1, -1))) {
+    if (G.pid && gone(g_send(&rec, NULL, 0, -1, -1, -1))) {
         g_reap();
-        (void)g_ensure();
+        (void)g_ensure(-1, -1);
     }
+}
+
+void pq_guard_unlock(struct pq_guard_ticket *t)
+{
+    if (!pq_guard_registered(t))
+        return;
+    g_lock();
+    g_tell(t, G_UNLOCK);
+    g_unlock();
 }
 
 void pq_guard_unregister(struct pq_guard_ticket *t)
@@ -409,10 +429,10 @@ void pq_guard_abandon(struct pq_guard_ticket *t)
         G.s[t->slot].abandoned = 1;
         if (G.s[t->slot].fd >= 0)
             close(G.s[t->slot].fd);
-        if (G.s[t->slot].sock >= 0)
-            close(G.s[t->slot].sock);
+        if (G.s[t->slot].nsfd >= 0)
+            close(G.s[t->slot].nsfd);
         G.s[t->slot].fd = -1;
-        G.s[t->slot].sock = -1;
+        G.s[t->slot].nsfd = -1;
         g_unlock();
     }
     t->slot = -1;
@@ -420,7 +440,11 @@ void pq_guard_abandon(struct pq_guard_ticket *t)
 
 void pq_guard_hold(struct pq_guard_ticket *t, int arm)
 {
-    if (!t->max_hold_ms || !pq_guard_registered(t))
+    if (!pq_guard_registered(t))
+        return;
+    if (G.holding)
+        G.holding[t->slot] = arm ? 1u : 0u;   /* read at the holder's death: no syscall */
+    if (!t->max_hold_ms)
         return;
     if (arm && ++t->seq == 0)
         t->seq = 1;              /* 0 means no hold started yet: see pq_guard_expired */

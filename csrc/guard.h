@@ -23,12 +23,16 @@ struct pq_guard_ticket {
     uint32_t max_hold_ms;
 };
 
-/* Hand PLAN (copied), the route socket FD and the AF_UNIX socket SOCK for its gate (both
- * in the hold's namespace; taken, closed on failure too) to this process's guardian,
- * starting it if there is none (or a new one if it died: the holds it had are handed
- * over again). 0 or -errno. */
-int pq_guard_register(struct pq_guard_ticket *t, const struct pq_plan *plan, int fd, int sock,
-                      uint32_t max_hold_ms);
+/* Hand PLAN (copied), the route socket FD and the hold's network namespace NSFD (both
+ * taken, closed on failure too) to this process's guardian, starting it if there is none
+ * (or a new one if it died: the holds it had are handed over again). LOCK (>= 0 during an
+ * attach, which has the device's lock: a copy, sent, not taken) keeps the device locked
+ * until pq_guard_unlock, or the guardian's undo if the holder dies first: no other attach
+ * can take what this one was making before its guardian has undone it. 0 or -errno. */
+int pq_guard_register(struct pq_guard_ticket *t, const struct pq_plan *plan, int fd, int nsfd,
+                      int lock, uint32_t max_hold_ms);
+/* The attach that registered T is done: the guardian lets go of the device's lock. */
+void pq_guard_unlock(struct pq_guard_ticket *t);
 /* Replace the plan of T's registered hold with PLAN (copied), as attach learns more of
  * what it builds. 0 or -errno (-ENOENT: not registered). */
 int pq_guard_update(struct pq_guard_ticket *t, const struct pq_plan *plan);

@@ -7,6 +7,7 @@
  */
 #define _GNU_SOURCE
 #include "guardian.h"
+#include "share.h"
 #include "sys.h"
 
 #include <errno.h>
@@ -16,7 +17,9 @@
 #include <string.h>
 #include <time.h>
 #include <sys/prctl.h>
+#include <sched.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <linux/netlink.h>
 
 struct pq_guardian_args pq_guardian_args;
@@ -39,17 +42,44 @@ PQ_NO_TLS static void g_exit(void)
         (void)SYS(SYS_exit, 0, 0, 0, 0, 0, 0);
 }
 
+PQ_NO_TLS static void g_close(int *fd)
+{
+    if (*fd >= 0)
+        (void)SYS(SYS_close, *fd, 0, 0, 0, 0, 0);
+    *fd = -1;
+}
+
 PQ_NO_TLS static void g_forget(struct g_hold *h)
 {
     if (!h->used)
         return;
-    (void)SYS(SYS_close, h->fd, 0, 0, 0, 0, 0);
-    if (h->sock >= 0)
-        (void)SYS(SYS_close, h->sock, 0, 0, 0, 0, 0);
+    g_close(&h->fd);
+    g_close(&h->nsfd);
+    g_close(&h->lock);
     h->used = 0;
     h->armed = 0;
-    h->fd = -1;
-    h->sock = -1;
+}
+
+/* A new AF_UNIX socket of the guardian's own in the namespace NSFD, for a plan's gate:
+ * the guardian enters it (setns) unless it is there already. fd or -errno. Made here, not
+ * by the holder: a copy the holder (or a child it forked) kept would keep the device's
+ * lock bound after the guardian let go of it. */
+PQ_NO_TLS static int g_socket_in(int nsfd)
+{
+    struct stat here, there;
+    int self = (int)SYS(SYS_openat, AT_FDCWD, "/proc/thread-self/ns/net",
+                        O_RDONLY | O_CLOEXEC, 0, 0, 0);
+    long err = self;
+
+    if (self >= 0) {
+        err = SYS(SYS_fstat, self, &here, 0, 0, 0, 0);
+        if (err == 0)
+            err = SYS(SYS_fstat, nsfd, &there, 0, 0, 0, 0);
+        if (err == 0 && (here.st_dev != there.st_dev || here.st_ino != there.st_ino))
+            err = SYS(SYS_setns, nsfd, CLONE_NEWNET, 0, 0, 0, 0);
+        (void)SYS(SYS_close, self, 0, 0, 0, 0, 0);
+    }
+    return err < 0 ? (int)err : pq_share_socket();
 }
 
 /* The holder is gone: release every hold first (nothing stays held while others drain),
@@ -57,7 +87,7 @@ PQ_NO_TLS static void g_forget(struct g_hold *h)
  * gate what the device's holds shared if none is left. A plain plug that others use is
  * not released: its gate comes first. A plug that does not drain stays, passing. Never
  * returns. */
-PQ_NO_TLS static void g_undo_all(struct g_hold *H)
+PQ_NO_TLS static void g_undo_all(struct g_hold *H, volatile uint32_t *holding)
 {
     struct pq_plan_result r;
     int i;
@@ -66,46 +96,68 @@ PQ_NO_TLS static void g_undo_all(struct g_hold *H)
         if (H[i].used && pq_plan_gate_phase(&H[i].plan) != PQ_PH_RELEASE)
             (void)pq_plan_phase(H[i].fd, &H[i].plan, PQ_PH_RELEASE, NULL, &r);
     for (i = 0; i < G_MAX; i++) {
-        if (!H[i].used)
+        struct g_hold *h = &H[i];
+        int first = pq_plan_gate_phase(&h->plan) == PQ_PH_RELEASE, sock, err;
+
+        if (!h->used)
             continue;
-        (void)pq_plan_run(H[i].fd, &H[i].plan,
-                          pq_plan_gate_phase(&H[i].plan) == PQ_PH_RELEASE ? PQ_PH_RELEASE
-                                                                          : PQ_PH_DIVERT,
-                          G_DRAIN_MS, H[i].sock, PQ_RUN_ONWARD, &r);
-        g_forget(&H[i]);           /* its socket had the device's lock: let go of it */
+        /* Its own socket for the gate; the lock it has if the holder died in its attach
+         * (then no other attach has taken what that one was making). */
+        sock = g_socket_in(h->nsfd);
+        err = pq_plan_run(h->fd, &h->plan, first ? PQ_PH_RELEASE : PQ_PH_DIVERT, G_DRAIN_MS,
+                          sock, PQ_RUN_ONWARD | PQ_RUN_PATIENT |
+                                    (h->lock >= 0 ? PQ_RUN_LOCKED : 0u), &r);
+        /* A plain plug others use (or whose lock it could not get) stays; but the dead
+         * holder's hold ends: if it held, release it (the plug has one state for all). */
+        if (first && holding[i] && (r.shared || (err < 0 && r.gate)))
+            (void)pq_plan_phase(h->fd, &h->plan, PQ_PH_RELEASE, NULL, &r);
+        g_close(&sock);            /* it had the device's lock: let go of it */
+        g_forget(h);
     }
     g_exit();
 }
 
-/* Apply one record from the holder (FD, SOCK: the sockets that came with it, or -1). */
+/* Apply one record from the holder (FD, NSFD, LOCK: the files that came with it, or -1). */
 PQ_NO_TLS static void g_apply(struct g_hold *H, const struct g_rec *r,
-                              const unsigned char *payload, size_t len, int fd, int sock)
+                              const unsigned char *payload, size_t len, int fd, int nsfd,
+                              int lock)
 {
     struct g_hold *h;
 
     if (r->slot >= G_MAX) {
-        if (fd >= 0)
-            (void)SYS(SYS_close, fd, 0, 0, 0, 0, 0);
-        if (sock >= 0)
-            (void)SYS(SYS_close, sock, 0, 0, 0, 0, 0);
+        g_close(&fd);
+        g_close(&nsfd);
+        g_close(&lock);
         return;
     }
     h = &H[r->slot];
     switch (r->type) {
-    case G_REGISTER:
+    case G_REGISTER: {
+        /* A new plan for the same hold (attach learnt more) keeps the lock it had. */
+        int kept = h->used && lock < 0 ? h->lock : -1;
+
+        if (kept >= 0)
+            h->lock = -1;
         g_forget(h);
-        if (fd < 0 || r->len != len || len > PQ_PLAN_MAX)
+        if (fd < 0 || nsfd < 0 || r->len != len || len > PQ_PLAN_MAX) {
+            g_close(&kept);
             break;
+        }
         memcpy(h->plan.buf, payload, len);
         h->plan.len = r->len;
         h->plan.expect = r->expect;
         h->used = 1;
         h->fd = fd;
-        h->sock = sock;
+        h->nsfd = nsfd;
+        h->lock = lock >= 0 ? lock : kept;
         h->max_hold_ms = r->max_hold_ms;
         return;
+    }
     case G_UNREGISTER:
         g_forget(h);
+        break;
+    case G_UNLOCK:
+        g_close(&h->lock);
         break;
     case G_BUFFER:
         h->seq = r->seq;
@@ -118,22 +170,21 @@ PQ_NO_TLS static void g_apply(struct g_hold *H, const struct g_rec *r,
     default:
         break;
     }
-    if (fd >= 0)
-        (void)SYS(SYS_close, fd, 0, 0, 0, 0, 0);
-    if (sock >= 0)
-        (void)SYS(SYS_close, sock, 0, 0, 0, 0, 0);
+    g_close(&fd);
+    g_close(&nsfd);
+    g_close(&lock);
 }
 
 /* Read every record waiting on SOCK. 1 if the holder's end is closed (EOF), 0 if not. */
 PQ_NO_TLS static int g_read(struct g_hold *H, int sock)
 {
     for (;;) {
-        union { char buf[CMSG_SPACE(2 * sizeof(int))]; struct cmsghdr align; } ctl;
+        union { char buf[CMSG_SPACE(3 * sizeof(int))]; struct cmsghdr align; } ctl;
         struct iovec iov = { g_rbuf, sizeof(g_rbuf) };
         struct msghdr mh;
         struct cmsghdr *c;
         long n;
-        int fds[2] = { -1, -1 };
+        int fds[3] = { -1, -1, -1 };
 
         memset(&mh, 0, sizeof(mh));
         mh.msg_iov = &iov;
@@ -146,20 +197,19 @@ PQ_NO_TLS static int g_read(struct g_hold *H, int sock)
         if (n < 0)
             return n == -EAGAIN || n == -EINTR ? 0 : 1;
         for (c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
-                c->cmsg_len >= CMSG_LEN(sizeof(int)))
-                memcpy(fds, CMSG_DATA(c),
-                       c->cmsg_len >= CMSG_LEN(2 * sizeof(int)) ? 2 * sizeof(int)
-                                                                 : sizeof(int));
+            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+                size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+
+                memcpy(fds, CMSG_DATA(c), (k > 3 ? 3 : k) * sizeof(int));
+            }
         if ((size_t)n < sizeof(struct g_rec)) {
-            if (fds[0] >= 0)
-                (void)SYS(SYS_close, fds[0], 0, 0, 0, 0, 0);
-            if (fds[1] >= 0)
-                (void)SYS(SYS_close, fds[1], 0, 0, 0, 0, 0);
+            g_close(&fds[0]);
+            g_close(&fds[1]);
+            g_close(&fds[2]);
             continue;
         }
         g_apply(H, (const struct g_rec *)g_rbuf, g_rbuf + sizeof(struct g_rec),
-                (size_t)n - sizeof(struct g_rec), fds[0], fds[1]);
+                (size_t)n - sizeof(struct g_rec), fds[0], fds[1], fds[2]);
     }
 }
 
@@ -198,6 +248,7 @@ PQ_NO_TLS void pq_guardian_main(void)
 {
     struct g_hold *H = pq_guardian_args.holds;
     volatile uint32_t *expired = pq_guardian_args.expired;
+    volatile uint32_t *holding = pq_guardian_args.holding;
     pid_t holder = pq_guardian_args.holder;
     int sock = pq_guardian_args.sock, fd0, pidfd, null;
     struct g_rec ready;
@@ -236,7 +287,7 @@ PQ_NO_TLS void pq_guardian_main(void)
     if (SYS(SYS_getppid, 0, 0, 0, 0, 0, 0) != holder) {
         /* The holder is already gone: read what it managed to send, then undo it. */
         (void)g_read(H, sock);
-        g_undo_all(H);
+        g_undo_all(H, holding);
     }
     for (;;) {
         struct pollfd p[2] = { { sock, POLLIN, 0 }, { pidfd, POLLIN, 0 } };
@@ -259,7 +310,7 @@ PQ_NO_TLS void pq_guardian_main(void)
             dead = 1;
         if (dead) {
             (void)g_read(H, sock); /* records sent just before the end still count */
-            g_undo_all(H);
+            g_undo_all(H, holding);
         }
     }
 }

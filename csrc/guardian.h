@@ -14,10 +14,11 @@
 #define G_DRAIN_MS 5000          /* how long a backlog may take to drain, as detach() */
 #define G_STACK (256 * 1024)     /* the cloned guardian's stack */
 
-enum { G_REGISTER = 1, G_UNREGISTER, G_BUFFER, G_RELEASE, G_READY };
+enum { G_REGISTER = 1, G_UNREGISTER, G_BUFFER, G_RELEASE, G_READY, G_UNLOCK };
 
 /* One record from holder to guardian; REGISTER is followed by the plan's bytes and carries
- * the route socket and the gate's AF_UNIX socket as SCM_RIGHTS. */
+ * the route socket, the hold's network namespace and (during an attach) a copy of the
+ * device's lock as SCM_RIGHTS; UNLOCK: the attach is done, let go of that copy. */
 struct g_rec {
     uint32_t type;
     uint32_t slot;               /* the hold's slot, 0 .. G_MAX-1 */
@@ -30,7 +31,8 @@ struct g_rec {
 /* What the guardian keeps of one hold. */
 struct g_hold {
     int used, fd, armed;
-    int sock;                    /* for the plan's gate (share.h), used once */
+    int nsfd;                    /* the hold's network namespace: its gate's socket is made there */
+    int lock;                    /* the device's lock during the holder's attach, or -1 */
     uint32_t max_hold_ms, seq;
     int64_t deadline_ms;
     struct pq_plan plan;
@@ -42,6 +44,7 @@ struct pq_guardian_args {
     pid_t holder;
     struct g_hold *holds;        /* G_MAX records, zeroed */
     volatile uint32_t *expired;  /* G_MAX slots shared with the holder */
+    volatile uint32_t *holding;  /* G_MAX slots the holder sets while a hold holds */
 };
 extern struct pq_guardian_args pq_guardian_args;
 

@@ -17,6 +17,8 @@
 #include "share.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -371,16 +373,73 @@ static int share_socket(struct plug_qdisc *q, int *sock)
     return pq_nl_unix_socket(&q->nl, sock);
 }
 
-/* Take the device's lock: *SOCK holds it until closed. 0 or -errno (step LOCK). */
+/* ---- names a forked child must not keep ----------------------------------------------
+ * A name in share.h belongs to a socket, not a process: a child forked (without exec)
+ * while this process has the device's lock or is a plain plug's user would keep the lock
+ * bound, or the user alive, after this process let go or died. The sockets behind those
+ * names are kept here, and a child closes its copies as it starts. */
+
+#define PQ_KEPT_MAX 1024
+
+static pthread_mutex_t kept_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t kept_once = PTHREAD_ONCE_INIT;
+static int kept[PQ_KEPT_MAX];
+static int nkept;
+
+static void kept_in_child(void)
+{
+    int i;
+
+    for (i = 0; i < nkept; i++)
+        close(kept[i]);
+    nkept = 0;
+    pthread_mutex_init(&kept_lock, NULL);   /* another thread may have had it */
+}
+
+static void kept_install(void)
+{
+    (void)pthread_atfork(NULL, NULL, kept_in_child);
+}
+
+/* FD is a socket behind a name: a forked child closes its copy. (Past PQ_KEPT_MAX it
+ * would keep it: a child then keeps the name, as before this existed.) */
+static void keep(int fd)
+{
+    (void)pthread_once(&kept_once, kept_install);
+    pthread_mutex_lock(&kept_lock);
+    if (nkept < PQ_KEPT_MAX)
+        kept[nkept++] = fd;
+    pthread_mutex_unlock(&kept_lock);
+}
+
+/* Close FD, kept with keep(). */
+static void unkeep(int fd)
+{
+    int i;
+
+    if (fd < 0)
+        return;
+    pthread_mutex_lock(&kept_lock);
+    for (i = 0; i < nkept; i++)
+        if (kept[i] == fd) {
+            kept[i] = kept[--nkept];
+            break;
+        }
+    pthread_mutex_unlock(&kept_lock);
+    close(fd);
+}
+
+/* Take the device's lock: *SOCK holds it until unkept. 0 or -errno (step LOCK). */
 static int lock_device(struct plug_qdisc *q, int *sock)
 {
     int err = share_socket(q, sock);
 
     if (err < 0)
         return err;
+    keep(*sock);
     err = pq_share_lock(*sock, q->ifindex, PQ_LOCK_MS);
     if (err < 0) {
-        close(*sock);
+        unkeep(*sock);
         *sock = -1;
         return fail(q, PQ_STEP_LOCK, err);
     }
@@ -401,14 +460,17 @@ static int plug_users(struct plug_qdisc *q, uint32_t parent, uint32_t handle, in
 }
 
 /* Write the hold's plan from what is known of it now (an ingress hold's plug has no
- * steps until its ifb is made) and hand it to the guardian with a socket for its gate:
- * with the record if attach is to create what it holds with (CREATING), else without.
- * Done before each object attach creates, so that a death at any point of attach is
- * undone like a death while holding. 0 or -errno (step GUARD). */
-static int arm(struct plug_qdisc *q, int creating)
+ * steps until its ifb is made) and hand it to the guardian with the hold's namespace (for
+ * its gate's socket): with the record if attach is to create what it holds with
+ * (CREATING), else without. Done before each object attach creates, so that a death at
+ * any point of attach is undone like a death while holding. LOCK: the device's lock this
+ * attach has (-1: none), a copy of which the guardian keeps until pq_guard_unlock: if the
+ * holder dies before, no other attach takes the band, handle or preferences the plan names
+ * before the guardian has undone it. 0 or -errno (step GUARD). */
+static int arm(struct plug_qdisc *q, int creating, int lock)
 {
     struct pq_place pl;
-    int fd, sock, err;
+    int fd, nsfd, err;
 
     place_of(q, &pl);
     err = pq_hold_plan(&q->plan, &pl, creating ? q->record : NULL);
@@ -419,10 +481,14 @@ static int arm(struct plug_qdisc *q, int creating)
     if (pq_guard_registered(&q->ticket))
         err = pq_guard_update(&q->ticket, &q->plan);
     else if ((err = pq_nl_raw_socket(&q->nl, &fd)) == 0) {
-        if ((err = share_socket(q, &sock)) < 0)
+        nsfd = fcntl(q->nl.netns_fd, F_DUPFD_CLOEXEC, 0);
+        if (nsfd < 0) {
+            err = -errno;
             close(fd);
-        else
-            err = pq_guard_register(&q->ticket, &q->plan, fd, sock, q->ticket.max_hold_ms);
+        } else {
+            err = pq_guard_register(&q->ticket, &q->plan, fd, nsfd, lock,
+                                    q->ticket.max_hold_ms);
+        }
     }
     return err < 0 ? fail(q, PQ_STEP_GUARD, err) : 0;
 }
@@ -449,7 +515,7 @@ static void leave_plug(struct plug_qdisc *q)
     /* A forked child's copy is the parent's socket: not its to close (the fd number may
      * even be another file by now, after an exec-less close) */
     if (q->member >= 0 && q->member_gen == pq_fork_generation())
-        close(q->member);
+        unkeep(q->member);
     q->member = -1;
     q->slot = -1;
 }
@@ -461,6 +527,7 @@ static int join_plug(struct plug_qdisc *q, int owner)
 
     if (err < 0)
         return err;
+    keep(q->member);
     q->owner = owner;
     q->member_gen = pq_fork_generation();
     err = pq_share_join(q->member, q->ifindex, q->parent, q->handle, owner, &q->slot);
@@ -477,12 +544,23 @@ static int in_use(struct plug_qdisc *q, struct rtnl_qdisc *qd, uint32_t parent)
 {
     const char *kind = rtnl_tc_get_kind(TC_CAST(qd));
     uint32_t h = rtnl_tc_get_handle(TC_CAST(qd));
-    int n = 0;
+    struct pq_found_plug below[PQ_MAX_HOLDS + 1];
+    int n = 0, nb, i;
 
     if (kind && strcmp(kind, "prio") == 0 && h == PQ_TREE_HANDLE)
         n = pq_scan_tree_plugs(nl_socket_get_fd(q->nl.sk), q->ifindex);
     else if (kind && strcmp(kind, "plug") == 0)
         n = plug_users(q, parent, h, NULL);
+    /* Deleting it deletes what hangs below it too: a plug there that a living holder
+     * uses, or that holds packets (they would be lost), keeps it. */
+    if (n == 0) {
+        KEEPING_ERROR(q, nb = pq_tree_plugs_under(&q->nl, q->ifindex, h, below,
+                                                  PQ_MAX_HOLDS + 1));
+        if (nb < 0 || nb > PQ_MAX_HOLDS + 1)
+            n = nb < 0 ? nb : 1;       /* more than we look at: keep it */
+        for (i = 0; n == 0 && i < nb; i++)
+            n = below[i].qlen > 0 ? 1 : plug_users(q, below[i].parent, below[i].handle, NULL);
+    }
     if (n < 0)
         return fail(q, PQ_STEP_INSPECT, n);
     if (n == 0)
@@ -535,7 +613,7 @@ static int attach_plain(struct plug_qdisc *q, int replace, int *created, int soc
         rtnl_qdisc_put(qd);
     if (err < 0 || (err = join_plug(q, owner)) < 0)
         return err;
-    if ((err = arm(q, *created)) < 0) {
+    if ((err = arm(q, *created, sock)) < 0) {
         leave_plug(q);
         return err;
     }
@@ -635,7 +713,7 @@ static int attach_match(struct plug_qdisc *q, int replace, int sock)
     q->pl_ifindex = q->ifindex;
     q->pl_parent = PQ_TREE_HANDLE | (uint32_t)band;
     q->owner = 1;
-    if ((err = arm(q, 1)) < 0)
+    if ((err = arm(q, 1, sock)) < 0)
         return err;
     if ((!have_prio && (err = pq_tree_add_prio(&q->nl, q->ifindex)) < 0) ||
         (err = make_plug(q, NLM_F_CREATE | NLM_F_EXCL)) < 0 ||
@@ -669,13 +747,16 @@ static int attach_ingress(struct plug_qdisc *q, int replace, int sock)
     if (qd)
         rtnl_qdisc_put(qd);
     if (err == 0 && !shared) {
-        if ((err = pq_tree_take_place(&q->nl, q->ifindex, TC_H_INGRESS, replace)) < 0)
+        /* Another's ingress qdisc in the way: EEXIST, unless REPLACE. */
+        if (!replace && (err = pq_tree_take_place(&q->nl, q->ifindex, TC_H_INGRESS, 0)) < 0)
             return err;
         /* Adding (and removing) an ingress qdisc makes the kernel reset the device's
          * egress qdiscs, purging what they hold uncounted: refuse while the egress holds
-         * packets. */
+         * packets, before anything is deleted. */
         if ((err = pq_tree_egress_held(&q->nl, q->ifindex)) != 0)
             return err < 0 ? fail(q, PQ_STEP_INSPECT, err) : fail(q, PQ_STEP_INGRESS, -EBUSY);
+        if (replace && (err = pq_tree_take_place(&q->nl, q->ifindex, TC_H_INGRESS, 1)) < 0)
+            return err;
     }
     if (err < 0)
         return err;
@@ -700,10 +781,10 @@ static int attach_ingress(struct plug_qdisc *q, int replace, int sock)
         return err;
     q->owner = 1;
     q->pl_ifindex = 0;                 /* no ifb yet: the plan has no plug steps */
-    if ((err = arm(q, 1)) < 0)
+    if ((err = arm(q, 1, sock)) < 0)
         return err;
     if ((err = pq_tree_make_ifb(&q->nl, q->ifb_name, 0, &q->pl_ifindex)) < 0 ||
-        (err = arm(q, 1)) < 0 ||       /* now with the plug on the ifb */
+        (err = arm(q, 1, sock)) < 0 || /* now with the plug on the ifb */
         (err = make_plug(q, NLM_F_CREATE | NLM_F_EXCL)) < 0 ||
         (!shared && (err = pq_tree_add_ingress(&q->nl, q->ifindex)) < 0) ||
         (err = pq_tree_add_filters(&q->nl, q->ifindex, PQ_INGRESS_HANDLE, q->terms, q->nterms,
@@ -737,7 +818,8 @@ int pq_attach(struct plug_qdisc *q, int replace)
             err = attach_ingress(q, replace, sock);
             break;
         }
-        close(sock);
+        pq_guard_unlock(&q->ticket);   /* done: the guardian's copy of the lock goes */
+        unkeep(sock);
         if (err < 0 && mode_of(q) != PQ_MODE_PLAIN) {
             q->handle = q->asked_handle;   /* nothing chosen stays */
             q->band = 0;
@@ -897,6 +979,16 @@ int pq_detach(struct plug_qdisc *q, int timeout_ms)
     if (err == 0 || (err == -EBUSY && r.phase == PQ_PH_EGRESS) ||
         (err == -ENOENT && r.phase != PQ_PH_RELEASE && r.phase != PQ_PH_DIVERT))
         let_go(q);
+    else if (err < 0 && r.phase > PQ_PH_RELEASE) {
+        /* What this run undid (filters, the plug) may be another hold's by the next run
+         * (the same preferences, band, handle): the plan, and the guardian's copy, keep
+         * only what is left. */
+        pq_plan_drop_before(&q->plan, r.phase);
+        if (r.phase > PQ_PH_DIVERT)
+            q->selecting_stopped = 1;
+        if (pq_guard_registered(&q->ticket))
+            KEEPING_ERROR(q, (void)pq_guard_update(&q->ticket, &q->plan));
+    }
     if (err == 0)
         return 0;
     return pq_hold_failed(&q->e, &r, err);
@@ -921,7 +1013,7 @@ int pq_stop_selecting(struct plug_qdisc *q)
         return pq_hold_failed(&q->e, &r, err);
     /* The plan no longer deletes those preferences: a later hold may have them. */
     q->selecting_stopped = 1;
-    return arm(q, q->created);
+    return arm(q, q->created, -1);
 }
 
 /* 1 if max_hold released the current hold. */

@@ -136,18 +136,21 @@ PQ_NO_TLS int pq_plan_has(const struct pq_plan *p, enum pq_phase phase)
     return 0;
 }
 
-void pq_plan_prefix(struct pq_plan *dst, const struct pq_plan *src, enum pq_phase upto)
+void pq_plan_drop_before(struct pq_plan *p, enum pq_phase from)
 {
     const struct pq_plan_step *st;
-    uint32_t off;
+    uint32_t off = 0, out = 0;
 
-    pq_plan_init(dst, src->expect);
-    for (off = 0; (st = step_at(src, off)); off += (uint32_t)STEP_SIZE(st->len)) {
-        if (st->phase >= upto)
-            continue;
-        memcpy(dst->buf + dst->len, st, STEP_SIZE(st->len));
-        dst->len += (uint32_t)STEP_SIZE(st->len);
+    while ((st = step_at(p, off))) {
+        uint32_t size = (uint32_t)STEP_SIZE(st->len);
+
+        if (st->phase >= from || (st->flags & PQ_PF_GATE) || st->phase == PQ_PH_FORGET) {
+            memmove(p->buf + out, st, size);
+            out += size;
+        }
+        off += size;
     }
+    p->len = out;
 }
 
 /* ---- the runner: raw syscalls only --------------------------------------------------- */
@@ -529,11 +532,13 @@ PQ_NO_TLS static int scan(int fd, struct scan *sc)
             continue;
         if (n <= 0)
             return n < 0 ? (int)n : -ETIMEDOUT;
-        n = PQ_SYS(SYS_recvfrom, fd, in.b, sizeof(in.b), MSG_DONTWAIT, 0, 0);
+        n = PQ_SYS(SYS_recvfrom, fd, in.b, sizeof(in.b), MSG_DONTWAIT | MSG_TRUNC, 0, 0);
         if (n == -EINTR || n == -EAGAIN)
             continue;
         if (n < 0)
             return (int)n;
+        if (n > (long)sizeof(in.b))
+            return -EMSGSIZE;          /* a part of the dump did not fit: never guess */
         for (h = &in.h; NLMSG_OK(h, (unsigned long)n); h = NLMSG_NEXT(h, n)) {
             if (h->nlmsg_seq != seq)
                 continue;
@@ -601,11 +606,15 @@ PQ_NO_TLS int pq_scan_filters(int fd, int ifindex, uint32_t parent, uint32_t cla
 
 /* Take the lock (unless LOCKED) and say whether the hold may go on past G: 1 (what it
  * shares is its alone now), 0 (others use it), or -errno. */
-PQ_NO_TLS static int pass_gate(int fd, const struct pq_gate *g, int sock, int locked)
+PQ_NO_TLS static int pass_gate(int fd, const struct pq_gate *g, int sock, unsigned flags)
 {
     int n;
 
-    if (!locked && (n = pq_share_lock(sock, g->ifindex, PQ_LOCK_MS)) < 0)
+    if (sock < 0)
+        return 0;                      /* no way to check: keep what is shared */
+    if (!(flags & PQ_RUN_LOCKED) &&
+        (n = pq_share_lock(sock, g->ifindex,
+                           flags & PQ_RUN_PATIENT ? PQ_PATIENT_MS : PQ_LOCK_MS)) < 0)
         return n;
     switch (g->kind) {
     case PQ_GATE_TREE:
@@ -634,7 +643,7 @@ PQ_NO_TLS static int pass_gate(int fd, const struct pq_gate *g, int sock, int lo
 PQ_NO_TLS int pq_plan_run(int fd, const struct pq_plan *p, enum pq_phase from, int timeout_ms,
                           int sock, unsigned flags, struct pq_plan_result *r)
 {
-    const struct pq_plan_step *gate = sock >= 0 ? gate_of(p) : NULL;
+    const struct pq_plan_step *gate = gate_of(p);
     int64_t start = now_ms();
     int ph, err, skip_from = PQ_PH_COUNT;
 
@@ -650,8 +659,7 @@ PQ_NO_TLS int pq_plan_run(int fd, const struct pq_plan *p, enum pq_phase from, i
                                                          : PQ_EGRESS_MS);
 
         if (gate && gate->phase == ph && ph < PQ_PH_FORGET) {
-            err = pass_gate(fd, (const struct pq_gate *)(gate + 1), sock,
-                            (flags & PQ_RUN_LOCKED) != 0);
+            err = pass_gate(fd, (const struct pq_gate *)(gate + 1), sock, flags);
             if (err < 0) {
                 r->gate = 1;
                 return failed(r, (enum pq_phase)ph, err);

@@ -88,8 +88,10 @@ int pq_plan_add_gate(struct pq_plan *p, enum pq_phase phase, const struct pq_gat
 int pq_plan_gate_phase(const struct pq_plan *p);
 /* Whether P has a step in PHASE. */
 int pq_plan_has(const struct pq_plan *p, enum pq_phase phase);
-/* Copy of SRC with only the phases before UPTO (a release-only plan: UPTO = DIVERT). */
-void pq_plan_prefix(struct pq_plan *dst, const struct pq_plan *src, enum pq_phase upto);
+/* Drop from P the steps of the phases before FROM, but its gate and FORGET: what a run
+ * that failed at FROM has already undone (filters deleted, a plug removed) may be another
+ * hold's by the next run (the same band, handle and preferences). */
+void pq_plan_drop_before(struct pq_plan *p, enum pq_phase from);
 
 /* Send every message of PHASE on the route socket FD, each waiting for its ack; packets
  * still held (qdisc qlen, an ifb's in flight) in the replies are added to *HELD if HELD.
@@ -102,11 +104,16 @@ int pq_plan_phase(int fd, const struct pq_plan *p, enum pq_phase phase, uint64_t
  * gate (if any, and if FROM is not past it), take the device's lock with SOCK (an unbound
  * AF_UNIX socket in the device's namespace; with PQ_RUN_LOCKED in FLAGS the caller has
  * the lock, SOCK only serves the check) and check what is shared: the caller closes SOCK
- * after, letting go of the lock. SOCK -1: no gate, the plan runs whole. PQ_RUN_ONWARD: a
+ * after, letting go of the lock. PQ_RUN_ONWARD: a
  * release that fails (the plug is gone) does not stop the rest. 0 or -errno with R
  * filled in (a lock not had in time: -EBUSY at the gate's phase); async-signal-safe. */
 #define PQ_RUN_LOCKED 1u
 #define PQ_RUN_ONWARD 2u
+/* PQ_RUN_PATIENT: the guardian, which has nothing else to do, waits a minute for the lock
+ * rather than PQ_LOCK_MS. A plan with a gate and no SOCK (-1) keeps what is shared, as if
+ * others used it: it is never removed unchecked. */
+#define PQ_RUN_PATIENT 4u
+#define PQ_PATIENT_MS 60000
 int pq_plan_run(int fd, const struct pq_plan *p, enum pq_phase from, int timeout_ms,
                 int sock, unsigned flags, struct pq_plan_result *r);
 

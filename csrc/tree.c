@@ -371,6 +371,60 @@ int pq_tree_survey(struct pq_nl *nl, int ifindex, uint32_t *bands, uint8_t *used
     return 0;
 }
 
+/* Cache walker for pq_tree_plugs_under: the majors below TOP so far, what was found. */
+struct under {
+    int ifindex, max, n, grew;
+    uint8_t *below;             /* 65536 bits: majors of the qdiscs below TOP, and TOP's */
+    struct pq_found_plug *out;
+    int pass;                   /* 0: grow BELOW to a fixed point; 1: collect the plugs */
+};
+
+static void under_one(struct nl_object *obj, void *arg)
+{
+    struct under *u = arg;
+    struct rtnl_tc *tc = (struct rtnl_tc *)obj;
+    uint32_t h = rtnl_tc_get_handle(tc), parent = rtnl_tc_get_parent(tc), pm = parent >> 16;
+    const char *kind = rtnl_tc_get_kind(tc);
+
+    if (rtnl_tc_get_ifindex(tc) != u->ifindex || parent == TC_H_ROOT ||
+        TC_H_MAJ(parent) == TC_H_MAJ(TC_H_INGRESS) || !(u->below[pm >> 3] & (1u << (pm & 7u))))
+        return;
+    if (u->pass == 0 && h && !(u->below[h >> 19] & (1u << ((h >> 16) & 7u)))) {
+        u->below[h >> 19] |= (uint8_t)(1u << ((h >> 16) & 7u));
+        u->grew = 1;
+    }
+    if (u->pass == 1 && kind && strcmp(kind, "plug") == 0) {
+        if (u->n < u->max)
+            u->out[u->n] = (struct pq_found_plug){ parent, h, rtnl_tc_get_stat(tc,
+                                                                             RTNL_TC_QLEN) };
+        u->n++;
+    }
+}
+
+int pq_tree_plugs_under(struct pq_nl *nl, int ifindex, uint32_t top, struct pq_found_plug *out,
+                        int max)
+{
+    uint8_t below[65536 / 8];
+    struct under u = { ifindex, max, 0, 1, below, out, 0 };
+    struct nl_cache *cache = NULL;
+    int err;
+
+    memset(below, 0, sizeof(below));
+    below[top >> 19] |= (uint8_t)(1u << ((top >> 16) & 7u));
+    pq_nl_clear(nl);
+    err = rtnl_qdisc_alloc_cache(nl->sk, &cache);
+    if (err < 0)
+        return pq_fail(nl->e, PQ_STEP_INSPECT, pq_nl_result(nl, err));
+    while (u.grew) {
+        u.grew = 0;
+        nl_cache_foreach(cache, under_one, &u);
+    }
+    u.pass = 1;
+    nl_cache_foreach(cache, under_one, &u);
+    nl_cache_free(cache);
+    return u.n;
+}
+
 void pq_tree_ifb_prefix(char *buf, int ifindex)
 {
     snprintf(buf, IFNAMSIZ, PQ_IFB_PREFIX "%d-", ifindex);

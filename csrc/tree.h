@@ -49,6 +49,16 @@ int pq_tree_egress_held(struct pq_nl *nl, int ifindex);
  * egress holds and delete the ingress qdisc. 0 or -errno. */
 int pq_tree_plan(struct pq_plan *p, int ifindex, int ingress, const char *ifb, int pref,
                  int nprefs);
+/* A plug qdisc found on a device. */
+struct pq_found_plug {
+    uint32_t parent, handle;
+    uint64_t qlen;
+};
+/* The plug qdiscs below the qdisc with handle TOP on IFINDEX's egress (in its classes, or
+ * in theirs, at any depth), into OUT (at most MAX): how many (all of them, even past MAX),
+ * or -errno (step INSPECT). */
+int pq_tree_plugs_under(struct pq_nl *nl, int ifindex, uint32_t top, struct pq_found_plug *out,
+                        int max);
 /* The prefix of the names of IFINDEX's ingress holds' ifbs, into BUF (IFNAMSIZ). */
 void pq_tree_ifb_prefix(char *buf, int ifindex);
 
