@@ -194,14 +194,6 @@ def in_child(fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
     return json.loads(data)  # type: ignore[no-any-return]
 
 
-def device_state(dev: str) -> str:
-    """What a hold must leave as it found: qdiscs, filters both ways, the links."""
-    return "\n".join([sh("tc", "qdisc", "show", "dev", dev),
-                      sh("tc", "filter", "show", "dev", dev),
-                      sh("tc", "filter", "show", "dev", dev, "ingress"),
-                      sh("ip", "-o", "link", "show")])
-
-
 @contextlib.contextmanager
 def left_as_found(dev: str = "lo") -> Iterator[None]:
     before = device_state(dev)
