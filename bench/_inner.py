@@ -21,8 +21,10 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
+from typing import Any, Iterator, Tuple
 
 import plugqdisc
 from plugqdisc import PlugQdisc
@@ -399,6 +401,35 @@ def _dummy(name: str) -> str:
     return name
 
 
+@contextlib.contextmanager
+def udp_echo() -> Iterator[Tuple[socket.socket, Tuple[str, int]]]:
+    """A UDP echo server on lo in a thread: (a client socket, the server's address)."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def echo() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                data, peer = server.recvfrom(64)
+            except socket.timeout:
+                continue
+            server.sendto(data, peer)
+
+    th = threading.Thread(target=echo, daemon=True)
+    th.start()
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(5)
+    try:
+        yield client, server.getsockname()
+    finally:
+        stop.set()
+        th.join()
+        client.close()
+        server.close()
+
+
 def _udp_rtt(client: socket.socket, addr: tuple) -> float:
     """One UDP round trip on lo (the server echoes), in seconds."""
     t = time.perf_counter()
@@ -411,7 +442,6 @@ def sec_modes(a: argparse.Namespace) -> dict:
     """buffer+release cost of each kind of hold (each on its own dummy device, turn by
     turn in rotating chunks); attach+detach of each; the round-trip time of traffic a
     match hold does not select, against no qdisc at all."""
-    import threading
     from plugqdisc import Match
 
     variants = {
@@ -462,42 +492,21 @@ def sec_modes(a: argparse.Namespace) -> dict:
         res["attach_detach_us"][name] = xs
 
     # unmatched traffic while a match hold holds: UDP round trips on lo
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind(("127.0.0.1", 0))
-    stop = threading.Event()
-
-    def echo() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                data, peer = server.recvfrom(64)
-            except socket.timeout:
-                continue
-            server.sendto(data, peer)
-
-    th = threading.Thread(target=echo, daemon=True)
-    th.start()
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    client.settimeout(5)
-    addr = server.getsockname()
-    hold = PlugQdisc("lo", match=Match(proto="udp", dport=addr[1] + 1 if addr[1] < 65535
-                                       else 1)).attach()
-    lat: dict = {"none": [], "match_hold": []}
-    n = max(10, a.latency_samples)
-    for r in range(a.rounds):
-        for which in ("none", "match_hold") if r % 2 == 0 else ("match_hold", "none"):
-            if which == "match_hold":
-                hold.attach()
-                hold.buffer()
-            for _ in range(n):
-                lat[which].append(_udp_rtt(client, addr) * 1e6)
-            if which == "match_hold":
-                hold.detach()
-    stop.set()
-    th.join()
+    with udp_echo() as (client, addr):
+        hold = PlugQdisc("lo", match=Match(proto="udp", dport=addr[1] + 1 if addr[1] < 65535
+                                           else 1)).attach()
+        lat: dict = {"none": [], "match_hold": []}
+        n = max(10, a.latency_samples)
+        for r in range(a.rounds):
+            for which in ("none", "match_hold") if r % 2 == 0 else ("match_hold", "none"):
+                if which == "match_hold":
+                    hold.attach()
+                    hold.buffer()
+                for _ in range(n):
+                    lat[which].append(_udp_rtt(client, addr) * 1e6)
+                if which == "match_hold":
+                    hold.detach()
     hold.close()
-    client.close()
-    server.close()
     res["unmatched_rtt_us"] = lat
     return res
 
@@ -599,7 +608,6 @@ def sec_multi(a: argparse.Namespace) -> dict:
     has only it (each on its own dummy device, turn by turn in rotating chunks); the UDP
     round trip on lo of traffic none of 15 holding holds selects, against no qdisc; the
     attach of each of 15 holds, 1st to 15th, on an empty device."""
-    import threading
     from plugqdisc import MAX_HOLDS, Match
 
     def matches(n: int) -> list:
@@ -646,44 +654,49 @@ def sec_multi(a: argparse.Namespace) -> dict:
             q.detach()
             q.close()
     res["attach_kth_us"] = attach_us
+    # The target's pair, measured close together in time (the lab slows down and speeds up
+    # by the second, whatever is on the device: a k-th column measured in order mixes that
+    # in): the first hold on the empty device, and the 15th beside 14, in turn, in either
+    # order, n_attach times.
+    pair: dict = {"first": [], "fifteenth": []}
 
-    # unselected traffic: UDP round trips on lo with 15 holds holding, against no qdisc
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind(("127.0.0.1", 0))
-    stop = threading.Event()
+    def timed_attach(m: Any, key: str) -> PlugQdisc:
+        t = time.perf_counter()
+        q = PlugQdisc(dev, match=m).attach()
+        pair[key].append((time.perf_counter() - t) * 1e6)
+        return q
 
-    def echo() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                data, peer = server.recvfrom(64)
-            except socket.timeout:
-                continue
-            server.sendto(data, peer)
-
-    th = threading.Thread(target=echo, daemon=True)
-    th.start()
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    client.settimeout(5)
-    addr = server.getsockname()
-    lat: dict = {"none": [], "fifteen_holds": []}
-    n = max(10, a.latency_samples)
-    for r in range(a.rounds):
-        for which in ("none", "fifteen_holds") if r % 2 == 0 else ("fifteen_holds", "none"):
-            holds = []
-            if which == "fifteen_holds":
-                holds = [PlugQdisc("lo", match=m).attach() for m in matches(MAX_HOLDS)]
-                for q in holds:
-                    q.buffer()
-            for _ in range(n):
-                lat[which].append(_udp_rtt(client, addr) * 1e6)
-            for q in holds[::-1]:
+    ms = matches(MAX_HOLDS)
+    for i in range(a.n_attach):
+        for key in ("first", "fifteenth") if i % 2 == 0 else ("fifteenth", "first"):
+            if key == "first":
+                q = timed_attach(ms[0], key)
                 q.detach()
                 q.close()
-    stop.set()
-    th.join()
-    client.close()
-    server.close()
+                continue
+            qs = [PlugQdisc(dev, match=m).attach() for m in ms[:-1]]
+            qs.append(timed_attach(ms[-1], key))
+            for q in qs[::-1]:
+                q.detach()
+                q.close()
+    res["attach_first_fifteenth_us"] = pair
+
+    # unselected traffic: UDP round trips on lo with 15 holds holding, against no qdisc
+    with udp_echo() as (client, addr):
+        lat: dict = {"none": [], "fifteen_holds": []}
+        n = max(10, a.latency_samples)
+        for r in range(a.rounds):
+            for which in ("none", "fifteen_holds") if r % 2 == 0 else ("fifteen_holds", "none"):
+                holds = []
+                if which == "fifteen_holds":
+                    holds = [PlugQdisc("lo", match=m).attach() for m in matches(MAX_HOLDS)]
+                    for q in holds:
+                        q.buffer()
+                for _ in range(n):
+                    lat[which].append(_udp_rtt(client, addr) * 1e6)
+                for q in holds[::-1]:
+                    q.detach()
+                    q.close()
     res["unselected_rtt_us"] = lat
     return res
 

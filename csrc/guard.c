@@ -402,10 +402,24 @@ static void g_tell(const struct pq_guard_ticket *t, uint32_t type)
 
 void pq_guard_unlock(struct pq_guard_ticket *t)
 {
+    struct g_rec rec;
+
     if (!pq_guard_registered(t))
         return;
     g_lock();
     g_tell(t, G_UNLOCK);
+    /* Wait (a second at most) for the guardian to say it let go: until then the device's
+     * lock is still bound, and this thread's next attach or detach would wait for it. */
+    while (G.pid) {
+        struct pollfd p = { G.sock, POLLIN, 0 };
+        int n = poll(&p, 1, 1000);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n != 1 || recv(G.sock, &rec, sizeof(rec), 0) != (ssize_t)sizeof(rec) ||
+            (rec.type == G_UNLOCK && rec.slot == (uint32_t)t->slot))
+            break;
+    }
     g_unlock();
 }
 

@@ -210,6 +210,9 @@ PQ_NO_TLS static int g_read(struct g_hold *H, int sock)
         }
         g_apply(H, (const struct g_rec *)g_rbuf, g_rbuf + sizeof(struct g_rec),
                 (size_t)n - sizeof(struct g_rec), fds[0], fds[1], fds[2]);
+        /* The holder waits for this: its next attach or detach takes the lock at once. */
+        if (((const struct g_rec *)g_rbuf)->type == G_UNLOCK)
+            (void)SYS(SYS_sendto, sock, g_rbuf, sizeof(struct g_rec), MSG_NOSIGNAL, 0, 0);
     }
 }
 

@@ -256,32 +256,27 @@ PQ_NO_TLS static void keep_extack(const struct nlmsghdr *h, struct pq_plan_resul
     }
 }
 
-/* Send the message M (LEN bytes) of a step in PHASE and wait for its answer. 0 or -errno;
- * what the replies show still held is added to *HELD. */
-PQ_NO_TLS static int exchange(int fd, const void *m, uint32_t len, enum pq_phase phase,
-                              uint32_t expect, uint64_t *held, uint32_t seq,
-                              struct pq_plan_result *r)
+/* Send the request BUF (LEN bytes) to the kernel on the route socket FD. 0 or -errno. */
+PQ_NO_TLS static long to_kernel(int fd, const void *buf, uint32_t len)
 {
     struct sockaddr_nl kernel;
-    union { struct nlmsghdr h; unsigned char b[PQ_MSG_MAX]; } out;
-    union { struct nlmsghdr h; unsigned char b[16384]; } in;
-    int64_t deadline = now_ms() + PQ_REPLY_MS;
     long n;
 
     memset(&kernel, 0, sizeof(kernel));
     kernel.nl_family = AF_NETLINK;
-    memcpy(out.b, m, len);
-    out.h.nlmsg_seq = seq;
-    out.h.nlmsg_pid = 0;
-    out.h.nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
-    n = PQ_SYS(SYS_sendto, fd, out.b, len, 0, &kernel, sizeof(kernel));
-    if (n < 0)
-        return (int)n;
+    n = PQ_SYS(SYS_sendto, fd, buf, len, 0, &kernel, sizeof(kernel));
+    return n < 0 ? n : 0;
+}
+
+/* Wait until DEADLINE for the next datagram on the route socket FD, into BUF (SIZE
+ * bytes): its length, or -errno (-ETIMEDOUT; -EMSGSIZE if it did not fit). */
+PQ_NO_TLS static long next_reply(int fd, void *buf, size_t size, int64_t deadline)
+{
     for (;;) {
         struct pollfd p = { fd, POLLIN, 0 };
         int64_t left = deadline - now_ms();
         struct timespec ts = { left / 1000, (left % 1000) * 1000000L };
-        struct nlmsghdr *h;
+        long n;
 
         if (left <= 0)
             return -ETIMEDOUT;
@@ -289,11 +284,35 @@ PQ_NO_TLS static int exchange(int fd, const void *m, uint32_t len, enum pq_phase
         if (n == -EINTR)
             continue;
         if (n <= 0)
-            return n < 0 ? (int)n : -ETIMEDOUT;
-        n = PQ_SYS(SYS_recvfrom, fd, in.b, sizeof(in.b), MSG_DONTWAIT, 0, 0);
+            return n < 0 ? n : -ETIMEDOUT;
+        n = PQ_SYS(SYS_recvfrom, fd, buf, size, MSG_DONTWAIT | MSG_TRUNC, 0, 0);
         if (n == -EINTR || n == -EAGAIN)
             continue;
-        if (n < 0)
+        return n > (long)size ? -EMSGSIZE : n;
+    }
+}
+
+/* Send the message M (LEN bytes) of a step in PHASE and wait for its answer. 0 or -errno;
+ * what the replies show still held is added to *HELD. */
+PQ_NO_TLS static int exchange(int fd, const void *m, uint32_t len, enum pq_phase phase,
+                              uint32_t expect, uint64_t *held, uint32_t seq,
+                              struct pq_plan_result *r)
+{
+    union { struct nlmsghdr h; unsigned char b[PQ_MSG_MAX]; } out;
+    union { struct nlmsghdr h; unsigned char b[16384]; } in;
+    int64_t deadline = now_ms() + PQ_REPLY_MS;
+    long n;
+
+    memcpy(out.b, m, len);
+    out.h.nlmsg_seq = seq;
+    out.h.nlmsg_pid = 0;
+    out.h.nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
+    if ((n = to_kernel(fd, out.b, len)) < 0)
+        return (int)n;
+    for (;;) {
+        struct nlmsghdr *h;
+
+        if ((n = next_reply(fd, in.b, sizeof(in.b), deadline)) < 0)
             return (int)n;
         for (h = &in.h; NLMSG_OK(h, (unsigned long)n); h = NLMSG_NEXT(h, n)) {
             if (h->nlmsg_seq != seq)
@@ -490,7 +509,6 @@ PQ_NO_TLS static void scan_one(struct scan *sc, const struct nlmsghdr *h)
 /* Dump what SC asks for on the route socket FD and look at every answer. 0 or -errno. */
 PQ_NO_TLS static int scan(int fd, struct scan *sc)
 {
-    struct sockaddr_nl kernel;
     union {
         struct nlmsghdr h;
         unsigned char b[NLMSG_SPACE(sizeof(struct tcmsg))];
@@ -500,8 +518,6 @@ PQ_NO_TLS static int scan(int fd, struct scan *sc)
     uint32_t seq = (uint32_t)now_ms() * 64u + 63u;
     long n;
 
-    memset(&kernel, 0, sizeof(kernel));
-    kernel.nl_family = AF_NETLINK;
     memset(&out, 0, sizeof(out));
     out.h.nlmsg_type = (uint16_t)sc->type;
     out.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
@@ -516,29 +532,14 @@ PQ_NO_TLS static int scan(int fd, struct scan *sc)
         t->tcm_ifindex = sc->ifindex;
         t->tcm_parent = sc->type == RTM_GETTFILTER ? sc->parent : 0;
     }
-    n = PQ_SYS(SYS_sendto, fd, out.b, out.h.nlmsg_len, 0, &kernel, sizeof(kernel));
-    if (n < 0)
+    if ((n = to_kernel(fd, out.b, out.h.nlmsg_len)) < 0)
         return (int)n;
     for (;;) {
-        struct pollfd p = { fd, POLLIN, 0 };
-        int64_t left = deadline - now_ms();
-        struct timespec ts = { left / 1000, (left % 1000) * 1000000L };
         struct nlmsghdr *h;
 
-        if (left <= 0)
-            return -ETIMEDOUT;
-        n = PQ_SYS(SYS_ppoll, &p, 1, &ts, 0, 0, 0);
-        if (n == -EINTR)
-            continue;
-        if (n <= 0)
-            return n < 0 ? (int)n : -ETIMEDOUT;
-        n = PQ_SYS(SYS_recvfrom, fd, in.b, sizeof(in.b), MSG_DONTWAIT | MSG_TRUNC, 0, 0);
-        if (n == -EINTR || n == -EAGAIN)
-            continue;
-        if (n < 0)
+        /* (a part of the dump that did not fit is -EMSGSIZE: never guess) */
+        if ((n = next_reply(fd, in.b, sizeof(in.b), deadline)) < 0)
             return (int)n;
-        if (n > (long)sizeof(in.b))
-            return -EMSGSIZE;          /* a part of the dump did not fit: never guess */
         for (h = &in.h; NLMSG_OK(h, (unsigned long)n); h = NLMSG_NEXT(h, n)) {
             if (h->nlmsg_seq != seq)
                 continue;

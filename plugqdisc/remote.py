@@ -353,18 +353,24 @@ class RemoteHold:
                                 shlex.join(self._command))) from None
         return obj
 
-    def _abandon(self) -> None:
-        """End the transport without waiting for answers: close its input (the remote
-        end releases and removes), then SIGTERM, then SIGKILL if it lingers."""
+    def _close_input(self) -> "Optional[subprocess.Popen[bytes]]":
+        """Mark the session closed and close the transport's input (the remote end then
+        releases and removes its hold); the transport, or None if it never started."""
         proc = self._proc
         self._closed = True
-        if proc is None:
-            return
-        if proc.stdin is not None and not proc.stdin.closed:
+        if proc is not None and proc.stdin is not None and not proc.stdin.closed:
             try:
                 proc.stdin.close()
             except OSError:
                 pass
+        return proc
+
+    def _abandon(self) -> None:
+        """End the transport without waiting for answers: close its input (the remote
+        end releases and removes), then SIGTERM, then SIGKILL if it lingers."""
+        proc = self._close_input()
+        if proc is None:
+            return
         for step in (None, proc.terminate, proc.kill):
             if step is not None:
                 step()
@@ -499,15 +505,9 @@ class RemoteHold:
 
     def _finish_transport(self) -> None:
         """Close the input and reap the transport, which ends on its own."""
-        proc = self._proc
-        self._closed = True
+        proc = self._close_input()
         if proc is None:
             return
-        if proc.stdin is not None and not proc.stdin.closed:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
         try:
             proc.wait(timeout=END_GRACE)
         except subprocess.TimeoutExpired:
