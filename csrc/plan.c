@@ -25,7 +25,7 @@
 #define PQ_REPLY_MS 2000        /* how long to wait for the kernel's answer to one message */
 #define PQ_MSG_MAX 1024         /* the longest message a plan holds */
 #define PQ_EGRESS_MS 200        /* packets just released are given this long to leave */
-#define PQ_SETTLE_MS 2          /* the transmit softirq is given this long before REMOVE */
+#define PQ_SETTLE_MS 2          /* the transmit softirq is given this long before REMOVE, LAST */
 
 #define STEP_SIZE(len) (sizeof(struct pq_plan_step) + NLMSG_ALIGN(len))
 
@@ -676,7 +676,8 @@ PQ_NO_TLS int pq_plan_run(int fd, const struct pq_plan *p, enum pq_phase from, i
          * transmit softirq runs; a root qdisc deleted while scheduled makes
          * dev_deactivate_many() sleep a tick (some_qdisc_is_busy) with noop_qdisc in its
          * place, dropping whatever the device is sent meanwhile. Sleeping lets it run. */
-        if (ph == PQ_PH_REMOVE && pq_plan_has(p, PQ_PH_REMOVE))
+        if ((ph == PQ_PH_REMOVE || ph == PQ_PH_LAST) && ph < skip_from &&
+            pq_plan_has(p, (enum pq_phase)ph))
             sleep_ms(PQ_SETTLE_MS);
         if (ph != PQ_PH_PROBE && ph != PQ_PH_EGRESS) {
             err = pq_plan_phase(fd, p, (enum pq_phase)ph, NULL, r);
